@@ -1,0 +1,145 @@
+// Socket options Node does not expose, through koffi on the socket's file descriptor:
+// TCP keepalive idle/interval/count, TCP_USER_TIMEOUT, and SO_ORIGINAL_DST for redirected
+// connections (IPv4 through SOL_IP, IPv6 through SOL_IPV6 / IP6T_SO_ORIGINAL_DST).
+
+import net from 'node:net';
+import os from 'node:os';
+import koffi from 'koffi';
+import { HalfcloseError, SockoptError } from '../errors.js';
+import type { OriginalDst } from '../util/address.js';
+
+// Linux values from <sys/socket.h>, <netinet/in.h>, <netinet/tcp.h>, <linux/netfilter_ipv4.h>.
+export const SOL_SOCKET = 1;
+export const SOL_IP = 0;
+export const SOL_IPV6 = 41;
+export const IPPROTO_TCP = 6;
+export const SO_KEEPALIVE = 9;
+export const TCP_KEEPIDLE = 4;
+export const TCP_KEEPINTVL = 5;
+export const TCP_KEEPCNT = 6;
+export const TCP_USER_TIMEOUT = 18;
+export const SO_ORIGINAL_DST = 80;
+export const IP6T_SO_ORIGINAL_DST = 80;
+const AF_INET = 2;
+const AF_INET6 = 10;
+
+type Getsockopt = (fd: number, level: number, name: number, val: Buffer, len: number[]) => number;
+type Setsockopt = (fd: number, level: number, name: number, val: Buffer, len: number) => number;
+
+let libc: { getsockopt: Getsockopt; setsockopt: Setsockopt } | null = null;
+function sys(): { getsockopt: Getsockopt; setsockopt: Setsockopt } {
+  if (libc === null) {
+    const lib = koffi.load('libc.so.6');
+    libc = {
+      getsockopt: lib.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)') as Getsockopt,
+      setsockopt: lib.func('int setsockopt(int fd, int level, int name, uint8_t *val, uint32_t len)') as Setsockopt,
+    };
+  }
+  return libc;
+}
+
+function errnoName(errno: number): string {
+  for (const [name, value] of Object.entries(os.constants.errno)) if (value === errno) return name;
+  return `errno ${errno}`;
+}
+
+/** The kernel file descriptor behind a connected or accepted net.Socket. */
+export function socketFd(socket: net.Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    throw new SockoptError('fd', 0, 'socket has no file descriptor (not connected, or already closed)');
+  }
+  return fd;
+}
+
+export function setIntOption(fd: number, level: number, name: number, value: number, label: string): void {
+  const buf = Buffer.alloc(4);
+  buf.writeInt32LE(value);
+  if (sys().setsockopt(fd, level, name, buf, 4) !== 0) {
+    const errno = koffi.errno();
+    throw new SockoptError(label, errno, `setsockopt ${label}=${value} failed: ${errnoName(errno)}`);
+  }
+}
+
+export function getIntOption(fd: number, level: number, name: number, label: string): number {
+  const buf = Buffer.alloc(4);
+  const len = [4];
+  if (sys().getsockopt(fd, level, name, buf, len) !== 0) {
+    const errno = koffi.errno();
+    throw new SockoptError(label, errno, `getsockopt ${label} failed: ${errnoName(errno)}`);
+  }
+  return buf.readInt32LE(0);
+}
+
+export interface KeepaliveSettings {
+  /** Seconds of idleness before the first probe (TCP_KEEPIDLE). */
+  idleSec: number;
+  /** Seconds between unanswered probes (TCP_KEEPINTVL). */
+  intervalSec: number;
+  /** Unanswered probes before the kernel declares the connection dead (TCP_KEEPCNT). */
+  count: number;
+}
+
+/** Turns keepalive on with exact idle, interval and count; Node's setKeepAlive can set only the idle time. */
+export function setKeepalive(fd: number, k: KeepaliveSettings): void {
+  setIntOption(fd, IPPROTO_TCP, TCP_KEEPIDLE, k.idleSec, 'TCP_KEEPIDLE');
+  setIntOption(fd, IPPROTO_TCP, TCP_KEEPINTVL, k.intervalSec, 'TCP_KEEPINTVL');
+  setIntOption(fd, IPPROTO_TCP, TCP_KEEPCNT, k.count, 'TCP_KEEPCNT');
+  setIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1, 'SO_KEEPALIVE');
+}
+
+export function disableKeepalive(fd: number): void {
+  setIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, 0, 'SO_KEEPALIVE');
+}
+
+/** Reads back what the kernel holds: enabled flag and the three values. */
+export function getKeepalive(fd: number): KeepaliveSettings & { enabled: boolean } {
+  return {
+    enabled: getIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, 'SO_KEEPALIVE') !== 0,
+    idleSec: getIntOption(fd, IPPROTO_TCP, TCP_KEEPIDLE, 'TCP_KEEPIDLE'),
+    intervalSec: getIntOption(fd, IPPROTO_TCP, TCP_KEEPINTVL, 'TCP_KEEPINTVL'),
+    count: getIntOption(fd, IPPROTO_TCP, TCP_KEEPCNT, 'TCP_KEEPCNT'),
+  };
+}
+
+/** TCP_USER_TIMEOUT in milliseconds: unacknowledged data older than this kills the connection. 0 = kernel default. */
+export function setUserTimeout(fd: number, ms: number): void {
+  setIntOption(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, ms, 'TCP_USER_TIMEOUT');
+}
+
+export function getUserTimeout(fd: number): number {
+  return getIntOption(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, 'TCP_USER_TIMEOUT');
+}
+
+/**
+ * The destination an iptables REDIRECT rewrote, read from conntrack through SO_ORIGINAL_DST.
+ * `family` is the accepted socket's family (a dual-stack listener gives v4-mapped clients family 6
+ * but their original destination is IPv4, so we try SOL_IP first for mapped addresses).
+ */
+export function originalDst(fd: number, localAddress: string): OriginalDst {
+  const mapped = localAddress.startsWith('::ffff:');
+  const v6 = net.isIPv6(localAddress) && !mapped;
+  const buf = Buffer.alloc(v6 ? 28 : 16);
+  const len = [buf.length];
+  const rc = v6
+    ? sys().getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, buf, len)
+    : sys().getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, buf, len);
+  if (rc !== 0) {
+    const errno = koffi.errno();
+    throw new HalfcloseError('HC_ERR_ORIGINAL_DST', `getsockopt SO_ORIGINAL_DST failed: ${errnoName(errno)} (was the connection redirected by iptables?)`);
+  }
+  const family = buf.readUInt16LE(0);
+  const port = buf.readUInt16BE(2);
+  if (family === AF_INET) {
+    const host = `${buf[4]}.${buf[5]}.${buf[6]}.${buf[7]}`;
+    return { host, port, family: 4 };
+  }
+  if (family === AF_INET6) {
+    const parts: string[] = [];
+    for (let i = 8; i < 24; i += 2) parts.push(buf.readUInt16BE(i).toString(16));
+    // Let the URL parser produce the canonical compressed form.
+    const host = new URL(`http://[${parts.join(':')}]/`).hostname.slice(1, -1);
+    return { host, port, family: 6 };
+  }
+  throw new HalfcloseError('HC_ERR_ORIGINAL_DST', `SO_ORIGINAL_DST returned unknown address family ${family}`);
+}

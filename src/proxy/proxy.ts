@@ -1,0 +1,220 @@
+// The proxy composes the stages of a connection's life:
+//   listener (accept) -> destination (fixed or original) -> connect (with timeout)
+//   -> relay (both directions, half-close exact) -> finish (one close reason, one log line).
+// Observers (the conntrack guard, metrics) are told of each stage; they never steer the relay.
+
+import type net from 'node:net';
+import type { ProxyConfig, ListenerConfig } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { unmapIPv4, type Endpoint } from '../util/address.js';
+import { createAccessLog, type AccessLog } from './accesslog.js';
+import { connectUpstream } from './connect.js';
+import { FixedDestination, OriginalDestination, type DestinationResolver } from './destination.js';
+import { bindListener, type BoundListener } from './listener.js';
+import { Connection, Registry, type CloseReason } from './registry.js';
+import { abortConnection, resetSocket, startRelay, type DirectionName } from './relay.js';
+import { ConnectionTimers } from './timers.js';
+
+export interface ProxyObserver {
+  /** A client connection was accepted (before its destination is known). */
+  accepted?(conn: Connection): void;
+  /** The upstream connection is up; relaying starts right after. */
+  connected?(conn: Connection): void;
+  /** A FIN was read in `dir`; the connection is half-closed (or closing, if the other direction already was). */
+  halfClosed?(conn: Connection, dir: DirectionName): void;
+  /** Both sockets are closed and `conn.reason` is final. */
+  closed?(conn: Connection): void;
+}
+
+export interface ProxyOptions {
+  logger: Logger;
+  /** Defaults to the config's access-log target. */
+  accessLog?: AccessLog;
+  /** Replaces destination resolution per listener (tests). */
+  resolverFor?: (l: ListenerConfig) => DestinationResolver;
+}
+
+export class Proxy {
+  readonly registry = new Registry();
+  readonly config: ProxyConfig;
+  private readonly logger: Logger;
+  private readonly accessLog: AccessLog;
+  private readonly observers: ProxyObserver[] = [];
+  private readonly timers: ConnectionTimers;
+  private readonly resolvers = new Map<string, DestinationResolver>();
+  private bound: BoundListener[] = [];
+  private draining = false;
+  private whenEmpty: (() => void) | null = null;
+  private readonly resolverFor: ((l: ListenerConfig) => DestinationResolver) | undefined;
+
+  constructor(config: ProxyConfig, opts: ProxyOptions) {
+    this.config = config;
+    this.logger = opts.logger;
+    this.accessLog = opts.accessLog ?? createAccessLog(config.accessLog);
+    this.resolverFor = opts.resolverFor;
+    this.timers = new ConnectionTimers(config, (conn, reason) => this.expire(conn, reason));
+  }
+
+  observe(o: ProxyObserver): void {
+    this.observers.push(o);
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Bound listeners with their real addresses (port 0 resolved). */
+  listeners(): readonly { name: string; kind: string; address: Endpoint }[] {
+    return this.bound.map((b) => ({ name: b.config.name, kind: b.config.kind, address: b.address }));
+  }
+
+  /** Binds every listener; on any failure closes those already bound and throws HC_ERR_LISTEN. */
+  async start(): Promise<void> {
+    const ownPorts = new Set<number>();
+    try {
+      for (const l of this.config.listeners) {
+        const b = await bindListener(l, (socket, cfg) => this.accept(socket, cfg));
+        this.bound.push(b);
+        ownPorts.add(b.address.port);
+      }
+    } catch (err) {
+      await this.closeListeners();
+      throw err;
+    }
+    for (const b of this.bound) {
+      const l = b.config;
+      this.resolvers.set(
+        l.name,
+        this.resolverFor?.(l) ?? (l.kind === 'route' ? new FixedDestination(l.upstream!) : new OriginalDestination(ownPorts)),
+      );
+    }
+  }
+
+  private accept(socket: net.Socket, l: ListenerConfig): void {
+    const now = Date.now();
+    const clientAddr: Endpoint = { host: unmapIPv4(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0, family: socket.remoteFamily === 'IPv6' ? 6 : 4 };
+    const conn = new Connection(this.registry.allocateId(), l, socket, clientAddr, now);
+    this.registry.add(conn);
+    // Until the relay takes over, a client error only marks the connection; it is handled once connected.
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (conn.upstream === null) conn.error ??= `downstream: ${err.code ?? err.message}`;
+    });
+    for (const o of this.observers) o.accepted?.(conn);
+    if (this.draining) {
+      this.refuse(conn, 'drain', 'proxy is draining');
+      return;
+    }
+    const resolution = this.resolvers.get(l.name)!.resolve(socket);
+    if (!resolution.ok) {
+      this.logger.warn({ conn: conn.id, listener: l.name, client: clientAddr, reason: resolution.reason }, resolution.detail);
+      this.refuse(conn, resolution.reason, resolution.detail);
+      return;
+    }
+    conn.target = resolution.target;
+    conn.originalDst = resolution.originalDst;
+    this.timers.arm(conn); // the max-duration and idle clocks run from accept
+    void connectUpstream(resolution.target, { connectTimeoutMs: this.config.connectTimeoutMs, localAddress: l.upstreamSource }).then((r) => {
+      if (!r.ok) {
+        this.refuse(conn, r.reason, r.detail);
+        return;
+      }
+      const upstream = r.socket;
+      conn.upstream = upstream;
+      conn.connectedAt = Date.now();
+      conn.upstreamLocal = { host: unmapIPv4(upstream.localAddress ?? ''), port: upstream.localPort ?? 0, family: upstream.localFamily === 'IPv6' ? 6 : 4 };
+      if (conn.reason !== null) {
+        // Ended while we were connecting (timer or drain): refuse() finishes it when the client closes.
+        resetSocket(upstream);
+        return;
+      }
+      if (socket.destroyed) {
+        conn.reason = 'downstream-reset';
+        resetSocket(upstream);
+        this.finish(conn);
+        return;
+      }
+      for (const o of this.observers) o.connected?.(conn);
+      startRelay(conn, this.config.bufferLimitBytes, {
+        halfClosed: (c, dir) => {
+          this.timers.arm(c);
+          for (const o of this.observers) o.halfClosed?.(c, dir);
+        },
+        finished: (c) => this.finish(c),
+      });
+    });
+  }
+
+  /** Ends a connection that never reached the relay: the client gets a reset, not an empty reply. */
+  private refuse(conn: Connection, reason: CloseReason, detail: string): void {
+    conn.reason ??= reason;
+    if (reason !== 'drain') conn.error ??= detail;
+    const client = conn.client;
+    if (client.destroyed) {
+      this.finish(conn);
+      return;
+    }
+    client.once('close', () => {
+      conn.closedAt = Date.now();
+      this.finish(conn);
+    });
+    resetSocket(client);
+  }
+
+  private expire(conn: Connection, reason: CloseReason): void {
+    this.logger.debug({ conn: conn.id, reason }, 'timer expired');
+    if (conn.upstream === null) {
+      // Still connecting: the connect callback sees the reason and resets the new upstream.
+      this.refuse(conn, reason, reason);
+      return;
+    }
+    abortConnection(conn, reason);
+  }
+
+  private finish(conn: Connection): void {
+    if (this.registry.get(conn.id) !== conn) return;
+    conn.closedAt ||= Date.now();
+    this.timers.disarm(conn);
+    this.registry.remove(conn);
+    this.accessLog.write(conn);
+    for (const o of this.observers) o.closed?.(conn);
+    if (this.registry.size === 0 && this.whenEmpty) this.whenEmpty();
+  }
+
+  private async closeListeners(): Promise<void> {
+    await Promise.all(this.bound.map((b) => new Promise<void>((r) => b.server.close(() => r()))));
+  }
+
+  /**
+   * Stops accepting, lets live connections finish, and resets what is left after `timeoutMs`
+   * (default: the configured drain timeout; 0 resets at once). Resolves when no connection is left.
+   */
+  async drain(timeoutMs = this.config.drainTimeoutMs): Promise<void> {
+    if (!this.draining) {
+      this.draining = true;
+      this.logger.info({ connections: this.registry.size, drainTimeoutMs: timeoutMs }, 'draining: no new connections');
+    }
+    const closed = this.closeListeners();
+    if (this.registry.size > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          for (const c of [...this.registry.all()]) {
+            if (c.upstream === null) this.refuse(c, 'drain', 'drain timeout');
+            else abortConnection(c, 'drain');
+          }
+        }, timeoutMs);
+        this.whenEmpty = () => {
+          clearTimeout(timer);
+          this.whenEmpty = null;
+          resolve();
+        };
+      });
+    }
+    await closed;
+    this.accessLog.flush();
+  }
+
+  /** Immediate stop: drain with no grace. */
+  async close(): Promise<void> {
+    await this.drain(0);
+  }
+}

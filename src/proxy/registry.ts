@@ -1,0 +1,152 @@
+// The live connections and their per-direction state, and the closed set of reasons a
+// connection can end with. Everything the admin API, metrics, access log and guard read.
+
+import type net from 'node:net';
+import type { ListenerConfig } from '../config/schema.js';
+import type { ClientAddr, OriginalDst, UpstreamAddr } from '../util/address.js';
+
+/** Why a connection ended. Exactly one per connection, logged once and counted once. */
+export const CLOSE_REASONS = [
+  'both-fin', // both directions finished with a FIN, forwarded
+  'downstream-reset', // the client reset (or its socket failed with ECONNRESET / EPIPE)
+  'upstream-reset', // the upstream reset
+  'downstream-error', // another socket error on the client side
+  'upstream-error', // another socket error on the upstream side
+  'connect-refused', // the upstream refused the connection (RST to our SYN)
+  'connect-timeout', // the upstream did not answer within the connect timeout
+  'connect-unreachable', // no route to the upstream (EHOSTUNREACH, ENETUNREACH)
+  'connect-error', // any other connect failure
+  'no-original-dst', // an original-destination listener got a connection that was not redirected
+  'loop-refused', // the original destination is one of our own listeners
+  'idle-timeout', // no bytes either way for the idle timeout
+  'half-close-timeout', // half-closed and idle for the half-close timeout
+  'keepalive-dead', // keepalive probes went unanswered or were answered by a reset (guard)
+  'max-duration', // older than the max duration
+  'drain', // still open at the end of the drain timeout
+] as const;
+export type CloseReason = (typeof CLOSE_REASONS)[number];
+
+/** Per direction: open -> fin-received -> fin-forwarded, or reset. */
+export type DirectionState = 'open' | 'fin-received' | 'fin-forwarded' | 'reset';
+
+export class Direction {
+  state: DirectionState = 'open';
+  bytes = 0;
+  /** Epoch ms of each transition, or 0 when it has not happened. */
+  finReceivedAt = 0;
+  finForwardedAt = 0;
+  resetAt = 0;
+  /** True while reading from the source is paused because the destination is over its buffer limit. */
+  paused = false;
+  toJSON(): Record<string, unknown> {
+    return {
+      state: this.state,
+      bytes: this.bytes,
+      finReceivedAt: iso(this.finReceivedAt),
+      finForwardedAt: iso(this.finForwardedAt),
+      resetAt: iso(this.resetAt),
+      paused: this.paused,
+    };
+  }
+}
+
+function iso(ms: number): string | null {
+  return ms ? new Date(ms).toISOString() : null;
+}
+
+/** The connection as a whole, from the point of view of metrics: which side has half-closed. */
+export type ConnectionState = 'connecting' | 'open' | 'half-closed-client' | 'half-closed-server' | 'closing' | 'closed';
+
+export class Connection {
+  readonly id: number;
+  readonly listener: ListenerConfig;
+  readonly client: net.Socket;
+  readonly clientAddr: ClientAddr;
+  readonly startedAt: number;
+  upstream: net.Socket | null = null;
+  /** Our own address on the upstream connection (what the service sees). */
+  upstreamLocal: UpstreamAddr | null = null;
+  /** Where we connect: the original destination, or the route's fixed upstream. */
+  target: UpstreamAddr | null = null;
+  originalDst: OriginalDst | null = null;
+  connectedAt = 0;
+  /** client->server and server->client. */
+  readonly c2s = new Direction();
+  readonly s2c = new Direction();
+  lastActivityAt: number;
+  /** Epoch ms at which the connection first became half-closed (either direction), or 0. */
+  halfClosedAt = 0;
+  closedAt = 0;
+  reason: CloseReason | null = null;
+  /** The guard's keepalive, once applied: `idle:interval:count` in seconds. */
+  keepalive: string | null = null;
+  /** Error text when a socket failed (code and syscall), for the access log. */
+  error: string | null = null;
+
+  constructor(id: number, listener: ListenerConfig, client: net.Socket, clientAddr: ClientAddr, now: number) {
+    this.id = id;
+    this.listener = listener;
+    this.client = client;
+    this.clientAddr = clientAddr;
+    this.startedAt = now;
+    this.lastActivityAt = now;
+  }
+
+  get state(): ConnectionState {
+    if (this.closedAt) return 'closed';
+    if (!this.connectedAt) return 'connecting';
+    const c = this.c2s.state !== 'open';
+    const s = this.s2c.state !== 'open';
+    if (c && s) return 'closing';
+    if (c) return 'half-closed-client';
+    if (s) return 'half-closed-server';
+    return 'open';
+  }
+
+  toJSON(now = Date.now()): Record<string, unknown> {
+    return {
+      id: this.id,
+      listener: this.listener.name,
+      state: this.state,
+      client: this.clientAddr,
+      upstreamLocal: this.upstreamLocal,
+      target: this.target,
+      originalDst: this.originalDst,
+      startedAt: iso(this.startedAt),
+      ageMs: (this.closedAt || now) - this.startedAt,
+      idleMs: now - this.lastActivityAt,
+      halfClosedAt: iso(this.halfClosedAt),
+      halfClosedMs: this.halfClosedAt ? (this.closedAt || now) - this.halfClosedAt : 0,
+      clientToServer: this.c2s.toJSON(),
+      serverToClient: this.s2c.toJSON(),
+      keepalive: this.keepalive,
+      ...(this.closedAt ? { closedAt: iso(this.closedAt), reason: this.reason } : {}),
+      ...(this.error ? { error: this.error } : {}),
+    };
+  }
+}
+
+/** Live connections by id. */
+export class Registry {
+  private readonly live = new Map<number, Connection>();
+  private nextId = 1;
+
+  allocateId(): number {
+    return this.nextId++;
+  }
+  add(c: Connection): void {
+    this.live.set(c.id, c);
+  }
+  remove(c: Connection): void {
+    this.live.delete(c.id);
+  }
+  get size(): number {
+    return this.live.size;
+  }
+  get(id: number): Connection | undefined {
+    return this.live.get(id);
+  }
+  all(): IterableIterator<Connection> {
+    return this.live.values();
+  }
+}

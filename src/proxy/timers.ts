@@ -1,0 +1,73 @@
+// Per-connection deadlines: idle, half-close and max duration. One lazy timer per connection:
+// traffic only stamps `lastActivityAt`; when the timer fires it recomputes the nearest deadline
+// and either ends the connection or sleeps again. No timer is touched on the data path.
+
+import type { CloseReason, Connection } from './registry.js';
+
+export interface TimerSettings {
+  idleTimeoutMs: number;
+  halfCloseTimeoutMs: number;
+  maxDurationMs: number;
+}
+
+interface Due {
+  at: number;
+  reason: CloseReason;
+}
+
+/** The nearest deadline of a connection, or null when every timer is off. */
+export function nextDeadline(conn: Connection, t: TimerSettings): Due | null {
+  let best: Due | null = null;
+  const consider = (at: number, reason: CloseReason): void => {
+    if (best === null || at < best.at) best = { at, reason };
+  };
+  if (t.idleTimeoutMs > 0) consider(conn.lastActivityAt + t.idleTimeoutMs, 'idle-timeout');
+  if (t.halfCloseTimeoutMs > 0 && conn.halfClosedAt > 0) {
+    consider(Math.max(conn.halfClosedAt, conn.lastActivityAt) + t.halfCloseTimeoutMs, 'half-close-timeout');
+  }
+  if (t.maxDurationMs > 0) consider(conn.startedAt + t.maxDurationMs, 'max-duration');
+  return best;
+}
+
+// setTimeout cannot sleep longer than 2^31-1 ms; longer deadlines are reached in steps.
+const MAX_SLEEP_MS = 2_147_483_647;
+
+export class ConnectionTimers {
+  private readonly timers = new Map<number, NodeJS.Timeout>();
+
+  constructor(
+    private readonly settings: TimerSettings,
+    private readonly expire: (conn: Connection, reason: CloseReason) => void,
+  ) {}
+
+  /** (Re)computes the connection's nearest deadline; call on start and on each half-close. */
+  arm(conn: Connection): void {
+    this.disarm(conn);
+    const due = nextDeadline(conn, this.settings);
+    if (due === null) return;
+    const wait = Math.min(Math.max(due.at - Date.now(), 0), MAX_SLEEP_MS);
+    const timer = setTimeout(() => this.fire(conn), wait);
+    timer.unref();
+    this.timers.set(conn.id, timer);
+  }
+
+  disarm(conn: Connection): void {
+    const t = this.timers.get(conn.id);
+    if (t) {
+      clearTimeout(t);
+      this.timers.delete(conn.id);
+    }
+  }
+
+  private fire(conn: Connection): void {
+    this.timers.delete(conn.id);
+    if (conn.closedAt || conn.reason !== null) return;
+    const due = nextDeadline(conn, this.settings);
+    if (due === null) return;
+    if (due.at <= Date.now()) {
+      this.expire(conn, due.reason);
+    } else {
+      this.arm(conn);
+    }
+  }
+}

@@ -1,0 +1,59 @@
+// Original destination through a real REDIRECT rule: the proxy in the pod namespace reads
+// SO_ORIGINAL_DST (IPv4 and IPv6), connects to the service, and data flows both ways.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { installRedirect } from '../../src/kernel/topology.js';
+import { nsNode, startNsProxy, topology } from '../helpers/netns.js';
+
+const ECHO_SERVER = `
+import net from 'node:net';
+for (const host of ['10.77.0.2', 'fd77::2']) {
+  net.createServer((s) => { s.on('data', (d) => s.write('echo:' + d + ' from ' + s.remoteAddress + ':' + s.remotePort)); s.on('end', () => s.end()); })
+    .listen(7777, host, () => console.log('listening ' + host));
+}`;
+
+const CLIENT = `
+import net from 'node:net';
+const [host, port] = process.argv.slice(-2);
+const s = net.connect({ host, port: Number(port) }, () => s.end('ping'));
+let got = '';
+s.on('data', (d) => (got += d));
+s.on('end', () => { console.log(JSON.stringify({ got, local: s.localAddress + ':' + s.localPort })); });
+s.on('error', (e) => console.log(JSON.stringify({ error: e.code })));
+`;
+
+test('outbound original destination, IPv4 and IPv6, through a REDIRECT rule', async (t) => {
+  const topo = await topology(t);
+  await installRedirect(topo, 15001, 1337);
+  const server = nsNode(topo, topo.svc, ECHO_SERVER);
+  await server.waitLine(/listening fd77::2/);
+  const proxy = await startNsProxy(topo, ['--outbound', '127.0.0.1:15001', '--outbound', '[::1]:15001']);
+  for (const host of [topo.svcIp, topo.svcIp6]) {
+    const client = nsNode(topo, topo.pod, CLIENT, [host, '7777']);
+    const line = JSON.parse(await client.waitLine(/^\{/));
+    assert.match(line.got, /^echo:ping from /, `client to ${host} got ${JSON.stringify(line)}`);
+    // The service saw the proxy's connection, not the client's port.
+    const clientPort = line.local.split(':').pop();
+    assert.notEqual(line.got.split(':').pop(), clientPort);
+  }
+  const logged = proxy.output().split('\n').filter((l) => l.includes('"connection closed"')).map((l) => JSON.parse(l));
+  assert.equal(logged.length, 2);
+  assert.deepEqual(logged.map((l) => l.originalDst.host).sort(), ['10.77.0.2', 'fd77::2']);
+  assert.ok(logged.every((l) => l.reason === 'both-fin' && l.originalDst.port === 7777));
+  await proxy.stop();
+});
+
+test('a connection aimed straight at the listener is refused as a loop', async (t) => {
+  const topo = await topology(t);
+  await installRedirect(topo, 15001, 1337);
+  const proxy = await startNsProxy(topo, ['--outbound', '127.0.0.1:15001']);
+  const client = nsNode(topo, topo.pod, CLIENT, ['127.0.0.1', '15001']);
+  const line = JSON.parse(await client.waitLine(/^\{/));
+  assert.equal(line.error, 'ECONNRESET');
+  await new Promise((r) => setTimeout(r, 200));
+  const logged = proxy.output().split('\n').filter((l) => l.includes('"connection closed"')).map((l) => JSON.parse(l));
+  assert.equal(logged.length, 1);
+  assert.match(logged[0].reason, /^(loop-refused|no-original-dst)$/);
+  await proxy.stop();
+});
