@@ -1,0 +1,315 @@
+// Prometheus metrics for the proxy (docs/metrics.md lists each one): a ProxyObserver that counts
+// accepts and closes as they happen, plus values computed from the live registry at scrape time.
+// It has its own prom-client Registry so two proxies in one process (tests) never share counters.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Proxy, ProxyObserver } from '../proxy/proxy.js';
+import { formatEndpoint } from '../util/address.js';
+import { CLOSE_REASONS, type Connection, type ConnectionState } from '../proxy/registry.js';
+
+/** The states counted by halfclose_connections_active; every live connection is in exactly one. */
+export const ACTIVE_STATES = ['connecting', 'open', 'half-closed-client', 'half-closed-server', 'closing'] as const satisfies readonly ConnectionState[];
+export const DIRECTIONS = ['client-to-server', 'server-to-client'] as const;
+
+/** Keepalive values the guard applies to one kind of connection. */
+export interface GuardKeepalive {
+  idleSec: number;
+  intervalSec: number;
+  count: number;
+}
+
+/**
+ * What the conntrack guard reports through `proxy.guard.status()`. Read defensively: the admin
+ * API shows whatever part of it is well-formed and never fails a scrape because of it.
+ */
+export interface GuardStatus {
+  mode: string;
+  /** nf_conntrack_tcp_timeout_close_wait as read (seconds), or null when it could not be read. */
+  closeWaitSec: number | null;
+  /** Where closeWaitSec came from (the sysctl path, a default, the config). */
+  source: string;
+  halfClosed: GuardKeepalive | null;
+  established: GuardKeepalive | null;
+  userTimeoutMs: number | null;
+  warnings: string[];
+}
+
+function num(v: unknown): number | null {
+  return typeof v === 'number' && Number.isFinite(v) ? v : null;
+}
+
+function keepalive(v: unknown): GuardKeepalive | null {
+  if (v === null || typeof v !== 'object') return null;
+  const o = v as Record<string, unknown>;
+  const idleSec = num(o.idleSec);
+  const intervalSec = num(o.intervalSec);
+  const count = num(o.count);
+  return idleSec !== null && intervalSec !== null && count !== null ? { idleSec, intervalSec, count } : null;
+}
+
+/** `proxy.guard?.status()`, normalised; null when there is no guard or it reports nothing usable. */
+export function readGuardStatus(proxy: Proxy): GuardStatus | null {
+  // The guard is an optional part of the proxy; typed loosely so this module does not depend on it.
+  const guard = (proxy as unknown as { guard?: { status?: () => unknown } | null }).guard;
+  if (!guard || typeof guard.status !== 'function') return null;
+  let raw: unknown;
+  try {
+    raw = guard.status();
+  } catch (err) {
+    return { mode: 'unknown', closeWaitSec: null, source: 'error', halfClosed: null, established: null, userTimeoutMs: null, warnings: [`guard status failed: ${(err as Error).message}`] };
+  }
+  if (raw === null || typeof raw !== 'object') return null;
+  const o = raw as Record<string, unknown>;
+  return {
+    mode: typeof o.mode === 'string' ? o.mode : 'unknown',
+    closeWaitSec: num(o.closeWaitSec),
+    source: typeof o.source === 'string' ? o.source : 'unknown',
+    halfClosed: keepalive(o.halfClosed),
+    established: keepalive(o.established),
+    userTimeoutMs: num(o.userTimeoutMs),
+    warnings: Array.isArray(o.warnings) ? o.warnings.map(String) : [],
+  };
+}
+
+export interface MetricsOptions {
+  /** Also export prom-client's default process and Node.js metrics (process_*, nodejs_*). Default true. */
+  processMetrics?: boolean;
+}
+
+/** JSON the live page polls: the same numbers /metrics exposes, summed over listeners. */
+export interface Stats {
+  time: string;
+  startedAt: string;
+  draining: boolean;
+  listeners: { name: string; kind: string; address: string }[];
+  acceptedByListener: Record<string, number>;
+  activeByState: Record<string, number>;
+  closedByReason: Record<string, number>;
+  bytesByDirection: Record<string, number>;
+  halfCloseDurations: { count: number; sumSeconds: number };
+  guard: GuardStatus | null;
+}
+
+export class ProxyMetrics implements ProxyObserver {
+  readonly registry = new Registry();
+  private readonly proxy: Proxy;
+  private readonly startedAt = Date.now();
+  /** Bytes of connections already closed, per listener and direction; live ones are added at scrape time. */
+  private readonly closedBytes = new Map<string, { c2s: number; s2c: number }>();
+  private readonly acceptedTotal: Counter<'listener'>;
+  private readonly closedTotal: Counter<'listener' | 'reason'>;
+  private readonly connectSeconds: Histogram<'listener'>;
+  private readonly halfCloseSeconds: Histogram<'listener'>;
+  private readonly active: Gauge<'listener' | 'state'>;
+  private readonly bytes: Counter<'listener' | 'direction'>;
+
+  constructor(proxy: Proxy, opts: MetricsOptions = {}) {
+    this.proxy = proxy;
+    const registers = [this.registry];
+    const listeners = proxy.config.listeners.map((l) => l.name);
+    for (const l of listeners) this.closedBytes.set(l, { c2s: 0, s2c: 0 });
+    const self = this;
+
+    this.acceptedTotal = new Counter({
+      name: 'halfclose_connections_accepted_total',
+      help: 'Client connections accepted, per listener.',
+      labelNames: ['listener'],
+      registers,
+    });
+    this.closedTotal = new Counter({
+      name: 'halfclose_connections_closed_total',
+      help: 'Connections ended, per listener and close reason (exactly one reason per connection).',
+      labelNames: ['listener', 'reason'],
+      registers,
+    });
+    this.active = new Gauge({
+      name: 'halfclose_connections_active',
+      help: 'Live connections per listener and state: connecting, open, half-closed-client (client sent FIN), half-closed-server (server sent FIN), closing (both FINs or a reset, sockets not yet closed).',
+      labelNames: ['listener', 'state'],
+      registers,
+      // Counted from the registry at scrape time: exact, and nothing to keep in step on the hot path.
+      collect() {
+        this.reset();
+        for (const l of listeners) for (const state of ACTIVE_STATES) this.set({ listener: l, state }, 0);
+        for (const c of self.proxy.registry.all()) {
+          const state = c.state;
+          if (state !== 'closed') this.inc({ listener: c.listener.name, state });
+        }
+      },
+    });
+    this.bytes = new Counter({
+      name: 'halfclose_bytes_total',
+      help: 'Bytes relayed per listener and direction (client-to-server, server-to-client), live and closed connections.',
+      labelNames: ['listener', 'direction'],
+      registers,
+      // The relay only bumps Direction.bytes; the counter is summed here so relaying does no extra work.
+      collect() {
+        this.reset();
+        const sums = new Map<string, { c2s: number; s2c: number }>();
+        for (const [l, b] of self.closedBytes) sums.set(l, { ...b });
+        for (const c of self.proxy.registry.all()) {
+          const s = sums.get(c.listener.name) ?? { c2s: 0, s2c: 0 };
+          s.c2s += c.c2s.bytes;
+          s.s2c += c.s2c.bytes;
+          sums.set(c.listener.name, s);
+        }
+        for (const [listener, s] of sums) {
+          this.inc({ listener, direction: 'client-to-server' }, s.c2s);
+          this.inc({ listener, direction: 'server-to-client' }, s.s2c);
+        }
+      },
+    });
+    this.connectSeconds = new Histogram({
+      name: 'halfclose_upstream_connect_seconds',
+      help: 'Time from accepting a client to the upstream connection being established (successful connects only).',
+      labelNames: ['listener'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.halfCloseSeconds = new Histogram({
+      name: 'halfclose_half_close_duration_seconds',
+      help: 'How long closed connections stayed half-closed: from the first FIN to the close.',
+      labelNames: ['listener'],
+      buckets: [0.001, 0.01, 0.1, 1, 10, 30, 60, 300, 900, 3600, 14400, 86400],
+      registers,
+    });
+    for (const listener of listeners) {
+      this.acceptedTotal.inc({ listener }, 0);
+      for (const reason of CLOSE_REASONS) this.closedTotal.inc({ listener, reason }, 0);
+      this.connectSeconds.zero({ listener });
+      this.halfCloseSeconds.zero({ listener });
+    }
+
+    new Gauge({
+      name: 'halfclose_draining',
+      help: '1 while the proxy is draining (no new connections accepted), else 0.',
+      registers,
+      collect() {
+        this.set(self.proxy.isDraining ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'halfclose_guard_keepalive_connections',
+      help: 'Live connections on which the conntrack guard has turned keepalive on.',
+      labelNames: ['listener'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of listeners) this.set({ listener: l }, 0);
+        for (const c of self.proxy.registry.all()) if (c.keepalive !== null) this.inc({ listener: c.listener.name });
+      },
+    });
+    // The guard's view, read on each scrape. Each gauge carries a label so that, without a guard,
+    // it has no series at all instead of a misleading 0.
+    new Gauge({
+      name: 'halfclose_guard_info',
+      help: 'Always 1 while the conntrack guard runs; its mode (auto, fixed, off) and where the CLOSE_WAIT timeout came from are labels.',
+      labelNames: ['mode', 'source'],
+      registers,
+      collect() {
+        this.reset();
+        const g = readGuardStatus(self.proxy);
+        if (g) this.set({ mode: g.mode, source: g.source }, 1);
+      },
+    });
+    new Gauge({
+      name: 'halfclose_guard_conntrack_close_wait_seconds',
+      help: "The conntrack CLOSE_WAIT timeout the guard read (nf_conntrack_tcp_timeout_close_wait); keepalive must stay below it.",
+      labelNames: ['source'],
+      registers,
+      collect() {
+        this.reset();
+        const g = readGuardStatus(self.proxy);
+        if (g && g.closeWaitSec !== null) this.set({ source: g.source }, g.closeWaitSec);
+      },
+    });
+    const kaGauge = (name: string, help: string, pick: (k: GuardKeepalive) => number): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['phase'],
+        registers,
+        collect() {
+          this.reset();
+          const g = readGuardStatus(self.proxy);
+          if (g?.halfClosed) this.set({ phase: 'half-closed' }, pick(g.halfClosed));
+          if (g?.established) this.set({ phase: 'established' }, pick(g.established));
+        },
+      });
+    };
+    kaGauge('halfclose_guard_keepalive_idle_seconds', 'TCP_KEEPIDLE the guard applies, per phase (half-closed, established); absent when keepalive is off for that phase.', (k) => k.idleSec);
+    kaGauge('halfclose_guard_keepalive_interval_seconds', 'TCP_KEEPINTVL the guard applies, per phase.', (k) => k.intervalSec);
+    kaGauge('halfclose_guard_keepalive_probes', 'TCP_KEEPCNT (unanswered probes before the connection is declared dead) the guard applies, per phase.', (k) => k.count);
+    new Gauge({
+      name: 'halfclose_guard_warnings',
+      help: 'Number of warnings the guard currently reports (see GET /stats for their text).',
+      labelNames: ['mode'],
+      registers,
+      collect() {
+        this.reset();
+        const g = readGuardStatus(self.proxy);
+        if (g) this.set({ mode: g.mode }, g.warnings.length);
+      },
+    });
+
+    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    proxy.observe(this);
+  }
+
+  // ProxyObserver: each method is O(1) and runs once per connection or per FIN, never per chunk.
+
+  accepted(conn: Connection): void {
+    this.acceptedTotal.inc({ listener: conn.listener.name });
+  }
+
+  connected(conn: Connection): void {
+    this.connectSeconds.observe({ listener: conn.listener.name }, Math.max(0, conn.connectedAt - conn.startedAt) / 1000);
+  }
+
+  closed(conn: Connection): void {
+    const listener = conn.listener.name;
+    this.closedTotal.inc({ listener, reason: conn.reason ?? 'downstream-error' });
+    const b = this.closedBytes.get(listener) ?? { c2s: 0, s2c: 0 };
+    b.c2s += conn.c2s.bytes;
+    b.s2c += conn.s2c.bytes;
+    this.closedBytes.set(listener, b);
+    if (conn.halfClosedAt) this.halfCloseSeconds.observe({ listener }, Math.max(0, conn.closedAt - conn.halfClosedAt) / 1000);
+  }
+
+  /** The Prometheus text exposition. */
+  exposition(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The page's numbers, read through the same metric objects as /metrics so the two always agree. */
+  async stats(): Promise<Stats> {
+    const sumBy = async (m: { get(): Promise<{ values: { labels: Record<string, string | number | undefined>; value: number }[] }> }, label: string) => {
+      const out: Record<string, number> = {};
+      for (const v of (await m.get()).values) {
+        const k = String(v.labels[label]);
+        out[k] = (out[k] ?? 0) + v.value;
+      }
+      return out;
+    };
+    const hc = (await this.halfCloseSeconds.get()).values;
+    return {
+      time: new Date().toISOString(),
+      startedAt: new Date(this.startedAt).toISOString(),
+      draining: this.proxy.isDraining,
+      listeners: this.proxy.listeners().map((l) => ({ name: l.name, kind: l.kind, address: formatEndpoint(l.address) })),
+      acceptedByListener: await sumBy(this.acceptedTotal, 'listener'),
+      activeByState: await sumBy(this.active, 'state'),
+      closedByReason: await sumBy(this.closedTotal, 'reason'),
+      bytesByDirection: await sumBy(this.bytes, 'direction'),
+      halfCloseDurations: {
+        count: hc.filter((v) => (v as { metricName?: string }).metricName === 'halfclose_half_close_duration_seconds_count').reduce((a, v) => a + v.value, 0),
+        sumSeconds: hc.filter((v) => (v as { metricName?: string }).metricName === 'halfclose_half_close_duration_seconds_sum').reduce((a, v) => a + v.value, 0),
+      },
+      guard: readGuardStatus(this.proxy),
+    };
+  }
+}
