@@ -143,3 +143,29 @@ export function originalDst(fd: number, localAddress: string): OriginalDst {
   }
   throw new HalfcloseError('HC_ERR_ORIGINAL_DST', `SO_ORIGINAL_DST returned unknown address family ${family}`);
 }
+
+export const SO_ERROR = 4;
+export const TCP_INFO = 11;
+/** tcpi_state values from <netinet/tcp.h> (the kernel's TCP_* states). */
+export const TCP_STATE_CLOSE = 7;
+
+/**
+ * The kernel's TCP state of the socket (byte 0 of struct tcp_info). The guard polls it on sockets
+ * whose read side has hit EOF: libuv stops polling those, so an RST or a keepalive timeout on them
+ * would otherwise go unnoticed until the next write.
+ */
+export function getTcpState(fd: number): number {
+  const buf = Buffer.alloc(8);
+  const len = [buf.length];
+  if (sys().getsockopt(fd, IPPROTO_TCP, TCP_INFO, buf, len) !== 0) {
+    const errno = koffi.errno();
+    throw new SockoptError('TCP_INFO', errno, `getsockopt TCP_INFO failed: ${errnoName(errno)}`);
+  }
+  return buf[0]!;
+}
+
+/** Reads and clears the socket's pending error (SO_ERROR) as a code such as `ECONNRESET`, or null when there is none. */
+export function takeSocketError(fd: number): string | null {
+  const errno = getIntOption(fd, SOL_SOCKET, SO_ERROR, 'SO_ERROR');
+  return errno === 0 ? null : errnoName(errno);
+}

@@ -10,6 +10,7 @@ import { unmapIPv4, type Endpoint } from '../util/address.js';
 import { createAccessLog, type AccessLog } from './accesslog.js';
 import { connectUpstream } from './connect.js';
 import { FixedDestination, OriginalDestination, type DestinationResolver } from './destination.js';
+import { ConntrackGuard, type GuardOptions } from './guard.js';
 import { bindListener, type BoundListener } from './listener.js';
 import { Connection, Registry, type CloseReason } from './registry.js';
 import { abortConnection, resetSocket, startRelay, type DirectionName } from './relay.js';
@@ -32,11 +33,15 @@ export interface ProxyOptions {
   accessLog?: AccessLog;
   /** Replaces destination resolution per listener (tests). */
   resolverFor?: (l: ListenerConfig) => DestinationResolver;
+  /** Overrides for the conntrack guard (tests: a fake CLOSE_WAIT source, faster polling). */
+  guard?: GuardOptions;
 }
 
 export class Proxy {
   readonly registry = new Registry();
   readonly config: ProxyConfig;
+  /** The conntrack guard: keepalive on half-closed connections; `guard.status()` for metrics. */
+  readonly guard: ConntrackGuard;
   private readonly logger: Logger;
   private readonly accessLog: AccessLog;
   private readonly observers: ProxyObserver[] = [];
@@ -53,6 +58,8 @@ export class Proxy {
     this.accessLog = opts.accessLog ?? createAccessLog(config.accessLog);
     this.resolverFor = opts.resolverFor;
     this.timers = new ConnectionTimers(config, (conn, reason) => this.expire(conn, reason));
+    this.guard = new ConntrackGuard(config, this.logger, opts.guard);
+    this.observe(this.guard);
   }
 
   observe(o: ProxyObserver): void {
@@ -88,6 +95,7 @@ export class Proxy {
         this.resolverFor?.(l) ?? (l.kind === 'route' ? new FixedDestination(l.upstream!) : new OriginalDestination(ownPorts)),
       );
     }
+    this.guard.start();
   }
 
   private accept(socket: net.Socket, l: ListenerConfig): void {
@@ -210,6 +218,7 @@ export class Proxy {
       });
     }
     await closed;
+    this.guard.stop();
     this.accessLog.flush();
   }
 

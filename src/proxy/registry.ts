@@ -80,6 +80,8 @@ export class Connection {
   reason: CloseReason | null = null;
   /** The guard's keepalive, once applied: `idle:interval:count` in seconds. */
   keepalive: string | null = null;
+  /** The keepalive idle time in ms (0 without keepalive): a reset after this much idleness answers a probe. */
+  keepaliveIdleMs = 0;
   /** Error text when a socket failed (code and syscall), for the access log. */
   error: string | null = null;
 

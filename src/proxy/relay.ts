@@ -44,11 +44,14 @@ export function abortConnection(conn: Connection, reason: CloseReason): void {
   resetSocket(conn.upstream);
 }
 
-function reasonForError(side: Side, err: NodeJS.ErrnoException, conn: Connection): CloseReason {
+/** The close reason for a socket error (also used by the guard for errors it finds itself). */
+export function reasonForError(side: Side, err: NodeJS.ErrnoException, conn: Connection): CloseReason {
   switch (err.code) {
     case 'ECONNRESET':
     case 'EPIPE':
-      return `${side}-reset`;
+      // Idle past the keepalive idle time, the kernel was probing: a reset now answers a probe
+      // (the peer, or the conntrack entry that un-NATs it, is gone), not something the peer did.
+      return conn.keepaliveIdleMs > 0 && Date.now() - conn.lastActivityAt >= conn.keepaliveIdleMs * 0.9 ? 'keepalive-dead' : `${side}-reset`;
     case 'ETIMEDOUT':
       // Keepalive probes (or the user timeout) gave up: the peer or the conntrack entry is gone.
       return conn.keepalive !== null ? 'keepalive-dead' : `${side}-error`;
