@@ -9,6 +9,7 @@
 
 import type net from 'node:net';
 import type { CloseReason, Connection, Direction } from './registry.js';
+import { socketFd, takeSocketError } from '../kernel/sockopt.js';
 
 export type Side = 'downstream' | 'upstream';
 export type DirectionName = 'c2s' | 's2c';
@@ -113,11 +114,20 @@ function pump(
     if (conn.halfClosedAt === 0) conn.halfClosedAt = dir.finReceivedAt;
     events.halfClosed(conn, name);
     // end() shuts down the write side once everything queued before it has been written.
-    dst.end(() => {
-      if (dir.state === 'fin-received') {
-        dir.state = 'fin-forwarded';
-        dir.finForwardedAt = Date.now();
+    dst.end((err?: Error | null) => {
+      if (err || dir.state !== 'fin-received') return; // failed or aborted: the error path has it
+      // Node ignores shutdown()'s own result, so a FIN "forwarded" into a socket the peer had
+      // already reset (an RST that arrived after that socket's EOF, while libuv was not reading
+      // it) would look like a clean both-fin. The kernel kept the reset as the socket's error.
+      const code = pendingResetOf(dst);
+      if (code !== null) {
+        const dstSide: Side = srcSide === 'downstream' ? 'upstream' : 'downstream';
+        if (conn.reason === null) conn.error = `${dstSide}: ${code} (reset before our FIN reached it)`;
+        abortConnection(conn, reasonForError(dstSide, Object.assign(new Error(code), { code }), conn));
+        return;
       }
+      dir.state = 'fin-forwarded';
+      dir.finForwardedAt = Date.now();
     });
   });
   src.on('error', (err: NodeJS.ErrnoException) => {
@@ -126,4 +136,13 @@ function pump(
     }
     abortConnection(conn, reasonForError(srcSide, err, conn));
   });
+}
+
+/** The error the kernel recorded on a socket we were not reading (ECONNRESET, EPIPE, ETIMEDOUT), or null. */
+function pendingResetOf(socket: net.Socket): string | null {
+  try {
+    return takeSocketError(socketFd(socket));
+  } catch {
+    return null; // no descriptor left: nothing more to learn
+  }
 }
