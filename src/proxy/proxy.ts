@@ -49,7 +49,8 @@ export class Proxy {
   private readonly resolvers = new Map<string, DestinationResolver>();
   private bound: BoundListener[] = [];
   private draining = false;
-  private whenEmpty: (() => void) | null = null;
+  /** One per pending drain(): a second drain (SIGTERM after POST /drain, a second signal) must not orphan the first. */
+  private readonly whenEmpty = new Set<() => void>();
   private readonly resolverFor: ((l: ListenerConfig) => DestinationResolver) | undefined;
 
   constructor(config: ProxyConfig, opts: ProxyOptions) {
@@ -77,7 +78,15 @@ export class Proxy {
 
   /** Binds every listener; on any failure closes those already bound and throws HC_ERR_LISTEN. */
   async start(): Promise<void> {
-    const ownPorts = new Set<number>();
+    // Resolvers exist before the first bind: a redirected connection can arrive on the first
+    // listener while the next one is still binding. The loop guard's port set fills as they bind.
+    const ownPorts = new Set<number>(this.config.listeners.map((l) => l.listen.port).filter((p) => p !== 0));
+    for (const l of this.config.listeners) {
+      this.resolvers.set(
+        l.name,
+        this.resolverFor?.(l) ?? (l.kind === 'route' ? new FixedDestination(l.upstream!) : new OriginalDestination(ownPorts)),
+      );
+    }
     try {
       for (const l of this.config.listeners) {
         const b = await bindListener(l, (socket, cfg) => this.accept(socket, cfg));
@@ -87,13 +96,6 @@ export class Proxy {
     } catch (err) {
       await this.closeListeners();
       throw err;
-    }
-    for (const b of this.bound) {
-      const l = b.config;
-      this.resolvers.set(
-        l.name,
-        this.resolverFor?.(l) ?? (l.kind === 'route' ? new FixedDestination(l.upstream!) : new OriginalDestination(ownPorts)),
-      );
     }
     this.guard.start();
   }
@@ -185,7 +187,7 @@ export class Proxy {
     this.registry.remove(conn);
     this.accessLog.write(conn);
     for (const o of this.observers) o.closed?.(conn);
-    if (this.registry.size === 0 && this.whenEmpty) this.whenEmpty();
+    if (this.registry.size === 0) for (const w of [...this.whenEmpty]) w();
   }
 
   private async closeListeners(): Promise<void> {
@@ -210,11 +212,12 @@ export class Proxy {
             else abortConnection(c, 'drain');
           }
         }, timeoutMs);
-        this.whenEmpty = () => {
+        const done = (): void => {
           clearTimeout(timer);
-          this.whenEmpty = null;
+          this.whenEmpty.delete(done);
           resolve();
         };
+        this.whenEmpty.add(done);
       });
     }
     await closed;
