@@ -3,6 +3,8 @@
 // It has its own prom-client Registry so two proxies in one process (tests) never share counters.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { KeepaliveSettings } from '../kernel/sockopt.js';
+import type { GuardStatus } from '../proxy/guard.js';
 import type { Proxy, ProxyObserver } from '../proxy/proxy.js';
 import { formatEndpoint } from '../util/address.js';
 import { CLOSE_REASONS, type Connection, type ConnectionState } from '../proxy/registry.js';
@@ -11,64 +13,9 @@ import { CLOSE_REASONS, type Connection, type ConnectionState } from '../proxy/r
 export const ACTIVE_STATES = ['connecting', 'open', 'half-closed-client', 'half-closed-server', 'closing'] as const satisfies readonly ConnectionState[];
 export const DIRECTIONS = ['client-to-server', 'server-to-client'] as const;
 
-/** Keepalive values the guard applies to one kind of connection. */
-export interface GuardKeepalive {
-  idleSec: number;
-  intervalSec: number;
-  count: number;
-}
-
-/**
- * What the conntrack guard reports through `proxy.guard.status()`. Read defensively: the admin
- * API shows whatever part of it is well-formed and never fails a scrape because of it.
- */
-export interface GuardStatus {
-  mode: string;
-  /** nf_conntrack_tcp_timeout_close_wait as read (seconds), or null when it could not be read. */
-  closeWaitSec: number | null;
-  /** Where closeWaitSec came from (the sysctl path, a default, the config). */
-  source: string;
-  halfClosed: GuardKeepalive | null;
-  established: GuardKeepalive | null;
-  userTimeoutMs: number | null;
-  warnings: string[];
-}
-
-function num(v: unknown): number | null {
-  return typeof v === 'number' && Number.isFinite(v) ? v : null;
-}
-
-function keepalive(v: unknown): GuardKeepalive | null {
-  if (v === null || typeof v !== 'object') return null;
-  const o = v as Record<string, unknown>;
-  const idleSec = num(o.idleSec);
-  const intervalSec = num(o.intervalSec);
-  const count = num(o.count);
-  return idleSec !== null && intervalSec !== null && count !== null ? { idleSec, intervalSec, count } : null;
-}
-
-/** `proxy.guard?.status()`, normalised; null when there is no guard or it reports nothing usable. */
+/** The guard's decision, or null for a proxy built without one (never the case for the CLI's). */
 export function readGuardStatus(proxy: Proxy): GuardStatus | null {
-  // The guard is an optional part of the proxy; typed loosely so this module does not depend on it.
-  const guard = (proxy as unknown as { guard?: { status?: () => unknown } | null }).guard;
-  if (!guard || typeof guard.status !== 'function') return null;
-  let raw: unknown;
-  try {
-    raw = guard.status();
-  } catch (err) {
-    return { mode: 'unknown', closeWaitSec: null, source: 'error', halfClosed: null, established: null, userTimeoutMs: null, warnings: [`guard status failed: ${(err as Error).message}`] };
-  }
-  if (raw === null || typeof raw !== 'object') return null;
-  const o = raw as Record<string, unknown>;
-  return {
-    mode: typeof o.mode === 'string' ? o.mode : 'unknown',
-    closeWaitSec: num(o.closeWaitSec),
-    source: typeof o.source === 'string' ? o.source : 'unknown',
-    halfClosed: keepalive(o.halfClosed),
-    established: keepalive(o.established),
-    userTimeoutMs: num(o.userTimeoutMs),
-    warnings: Array.isArray(o.warnings) ? o.warnings.map(String) : [],
-  };
+  return (proxy.guard as Proxy['guard'] | undefined)?.status() ?? null;
 }
 
 export interface MetricsOptions {
@@ -199,8 +146,9 @@ export class ProxyMetrics implements ProxyObserver {
         for (const c of self.proxy.registry.all()) if (c.keepalive !== null) this.inc({ listener: c.listener.name });
       },
     });
-    // The guard's view, read on each scrape. Each gauge carries a label so that, without a guard,
-    // it has no series at all instead of a misleading 0.
+    // The guard's view, read on each scrape (it re-reads the sysctl every few seconds). Each gauge
+    // has a label so that a value the guard does not have (keepalive off for a phase, CLOSE_WAIT
+    // unknown) has no series, rather than a 0 that reads like a setting.
     new Gauge({
       name: 'halfclose_guard_info',
       help: 'Always 1 while the conntrack guard runs; its mode (auto, fixed, off) and where the CLOSE_WAIT timeout came from are labels.',
@@ -223,7 +171,7 @@ export class ProxyMetrics implements ProxyObserver {
         if (g && g.closeWaitSec !== null) this.set({ source: g.source }, g.closeWaitSec);
       },
     });
-    const kaGauge = (name: string, help: string, pick: (k: GuardKeepalive) => number): void => {
+    const kaGauge = (name: string, help: string, pick: (k: KeepaliveSettings) => number): void => {
       new Gauge({
         name,
         help,

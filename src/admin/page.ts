@@ -157,7 +157,7 @@ function renderStats(s) {
   fill($("guard"), g ? [
     kv("mode", g.mode, "mono"),
     kv("conntrack CLOSE_WAIT timeout", g.closeWaitSec === null ? "unknown" : g.closeWaitSec + " s"),
-    kv("read from", g.source, "mono"),
+    kv("read from", g.source === "sysctl" ? "net.netfilter.nf_conntrack_tcp_timeout_close_wait" : g.source === "default" ? "kernel default (conntrack not loaded)" : g.source, g.source === "sysctl" ? "mono" : ""),
     kv("keepalive when half-closed", ka(g.halfClosed)),
     kv("keepalive when established", ka(g.established)),
     kv("TCP_USER_TIMEOUT", g.userTimeoutMs ? dur(g.userTimeoutMs) : "kernel default"),

@@ -88,7 +88,9 @@ export async function startAdminServer(proxy: Proxy, opts: AdminOptions): Promis
     },
     '/config': { GET: () => json(describeConfig(proxy.config)) },
     '/healthz': { GET: () => text(200, 'ok') },
-    '/ready': { GET: () => (proxy.isDraining ? text(503, 'false') : text(200, 'true')) },
+    // Ready = every configured listener bound and not draining. The CLI binds the admin port before
+    // the listeners, so a load balancer polling /ready sees false until the proxy can take traffic.
+    '/ready': { GET: () => (!proxy.isDraining && proxy.listeners().length === proxy.config.listeners.length ? text(200, 'true') : text(503, 'false')) },
     '/drain': {
       POST: (req) => {
         const peer = unmapIPv4(req.socket.remoteAddress ?? '');

@@ -1,8 +1,10 @@
 // `halfclose proxy`: flags and config file -> a running proxy; SIGTERM/SIGINT drain it.
 
 import YAML from 'yaml';
+import { ProxyMetrics } from '../admin/metrics.js';
+import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { loadConfig } from '../config/load.js';
-import { describeConfig, parseBytes, parseKeepalive, type FileConfig } from '../config/schema.js';
+import { describeConfig, isLoopback, parseBytes, parseKeepalive, type FileConfig } from '../config/schema.js';
 import { UsageError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { Proxy } from '../proxy/proxy.js';
@@ -163,9 +165,23 @@ export async function run(argv: string[]): Promise<number> {
   }
   const logger = createLogger(config.logLevel);
   const proxy = new Proxy(config, { logger });
-  await proxy.start();
+  // The admin server binds first, so a busy admin port fails with one line before any listener
+  // is up (/ready says false until the listeners are bound); metrics then see the first accept.
+  let requestStop = (_why: string): void => {};
+  const admin: AdminServer | null = config.admin
+    ? await startAdminServer(proxy, { address: config.admin, logger, metrics: new ProxyMetrics(proxy), onDrain: () => requestStop('POST /drain') })
+    : null;
+  if (admin && !isLoopback(admin.address.host)) {
+    logger.warn({ admin: admin.url }, `admin API listens on NON-LOOPBACK ${formatEndpoint(admin.address)}: anyone who can reach it can read every connection and the config (POST /drain still needs a loopback peer)`);
+  }
+  try {
+    await proxy.start();
+  } catch (err) {
+    await admin?.close();
+    throw err;
+  }
   logger.info(
-    { listeners: proxy.listeners().map((l) => ({ name: l.name, kind: l.kind, address: formatEndpoint(l.address) })) },
+    { listeners: proxy.listeners().map((l) => ({ name: l.name, kind: l.kind, address: formatEndpoint(l.address) })), admin: admin ? admin.url : 'off' },
     'listening',
   );
   await new Promise<void>((resolve) => {
@@ -182,7 +198,9 @@ export async function run(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    requestStop = stop;
   });
+  await admin?.close();
   logger.info('drained; exiting');
   return 0;
 }
