@@ -36,5 +36,8 @@ test-netns: setup build
 demo: setup build
 	bash scripts/demo.sh
 
+bench: setup build
+	node dist/bench/run.js
+
 clean:
 	rm -rf dist

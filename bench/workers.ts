@@ -1,0 +1,215 @@
+// The benchmark's own small programs, each run as a separate process so that it never shares an
+// event loop with what it measures: `echo` (upstream), `latency`, `connrate` and `idle` (clients).
+// Usage: node workers.js MODE ARGS… — each prints one JSON line on stdout (the result, or
+// {"ready":…}/{"held":…} for the long-running ones) and exits on SIGTERM or when stdin closes.
+
+import net from 'node:net';
+
+type Args = Record<string, string>;
+
+function parseArgs(argv: string[]): Args {
+  const out: Args = {};
+  for (const a of argv) {
+    const eq = a.indexOf('=');
+    if (eq > 0) out[a.slice(0, eq)] = a.slice(eq + 1);
+  }
+  return out;
+}
+
+function num(args: Args, key: string, dflt?: number): number {
+  const v = args[key];
+  if (v === undefined) {
+    if (dflt === undefined) throw new Error(`workers: missing ${key}=`);
+    return dflt;
+  }
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new Error(`workers: ${key}= expects a number, got "${v}"`);
+  return n;
+}
+
+function emit(obj: unknown): void {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+/** The parent closing our stdin (or dying) ends long-running workers: no orphan survives a crash. */
+function exitWithParent(cleanup: () => void = () => {}): void {
+  const bye = (): void => {
+    cleanup();
+    process.exit(0);
+  };
+  process.stdin.on('end', bye);
+  process.stdin.on('error', bye);
+  process.stdin.resume();
+  process.on('SIGTERM', bye);
+}
+
+// Upstream for latency, connection rate and idle connections: echoes every byte, answers a FIN
+// with a FIN. One listener per port given, so each contender has its own port (and its own
+// TIME_WAIT space).
+function echo(args: Args): void {
+  const ports = (args.ports ?? '').split(',').filter(Boolean).map(Number);
+  const servers: net.Server[] = [];
+  let listening = 0;
+  for (const port of ports) {
+    const server = net.createServer({ noDelay: true }, (s) => {
+      s.on('data', (d) => s.write(d));
+      s.on('error', () => s.destroy());
+    });
+    server.maxConnections = 19_000;
+    server.listen({ host: '127.0.0.1', port, backlog: 4096 }, () => {
+      if (++listening === ports.length) emit({ ready: ports });
+    });
+    servers.push(server);
+  }
+  exitWithParent();
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+
+// Round trips of `size` bytes over one kept connection, one at a time. Times in microseconds.
+async function latency(args: Args): Promise<void> {
+  const port = num(args, 'port');
+  const size = num(args, 'size');
+  const count = num(args, 'count');
+  const warmup = num(args, 'warmup', 200);
+  const maxMs = num(args, 'maxMs', 5000);
+  const payload = Buffer.alloc(size, 0x61);
+  const samples = new Float64Array(count);
+  const s = net.connect({ host: '127.0.0.1', port, noDelay: true });
+  await new Promise<void>((resolve, reject) => {
+    s.once('connect', resolve);
+    s.once('error', reject);
+  });
+  let n = -warmup;
+  let got = 0;
+  let start = 0n;
+  const deadline = Date.now() + maxMs;
+  await new Promise<void>((resolve, reject) => {
+    s.on('error', reject);
+    s.on('end', () => reject(new Error('connection closed during the latency run')));
+    const send = (): void => {
+      got = 0;
+      start = process.hrtime.bigint();
+      s.write(payload);
+    };
+    s.on('data', (d: Buffer) => {
+      got += d.length;
+      if (got < size) return;
+      const us = Number(process.hrtime.bigint() - start) / 1000;
+      if (n >= 0) samples[n] = us;
+      n++;
+      if (n >= count || (n > 0 && (n & 127) === 0 && Date.now() > deadline)) {
+        resolve();
+        return;
+      }
+      send();
+    });
+    send();
+  });
+  s.destroy();
+  const done = samples.subarray(0, Math.max(0, Math.min(n, count))).sort();
+  let sum = 0;
+  for (const v of done) sum += v;
+  emit({ samples: done.length, p50: percentile(done, 50), p99: percentile(done, 99), mean: sum / done.length });
+}
+
+// Connect, send a small message, read the echo, close (our FIN first, then the server's), with
+// `concurrency` at a time, until `count` connections or `maxMs`. Counts only complete exchanges.
+async function connrate(args: Args): Promise<void> {
+  const port = num(args, 'port');
+  const concurrency = num(args, 'concurrency', 50);
+  const count = num(args, 'count');
+  const maxMs = num(args, 'maxMs');
+  const msg = Buffer.from('ping halfclose\n');
+  let started = 0;
+  let completed = 0;
+  let errors = 0;
+  const t0 = process.hrtime.bigint();
+  const deadline = Date.now() + maxMs;
+  let active = 0;
+  await new Promise<void>((resolve) => {
+    const next = (): void => {
+      if (started >= count || Date.now() > deadline) {
+        if (active === 0) resolve();
+        return;
+      }
+      started++;
+      active++;
+      let got = 0;
+      let ok = false;
+      const s = net.connect({ host: '127.0.0.1', port, noDelay: true });
+      s.on('connect', () => s.write(msg));
+      s.on('data', (d: Buffer) => {
+        got += d.length;
+        if (got >= msg.length && !ok) {
+          ok = true;
+          s.end();
+        }
+      });
+      s.on('error', () => {
+        ok = false;
+      });
+      s.on('close', () => {
+        active--;
+        if (ok) completed++;
+        else errors++;
+        next();
+      });
+    };
+    for (let i = 0; i < concurrency; i++) next();
+  });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  emit({ completed, errors, seconds, rate: completed / seconds });
+}
+
+// Opens `count` connections (`batch` at a time), exchanges one byte on each so every connection is
+// established end to end, then holds them all idle until told to stop.
+async function idle(args: Args): Promise<void> {
+  const port = num(args, 'port');
+  const count = num(args, 'count');
+  const batch = num(args, 'batch', 100);
+  const sockets: net.Socket[] = [];
+  let failed = 0;
+  const one = (): Promise<void> =>
+    new Promise((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port, noDelay: true });
+      s.on('error', () => {
+        failed++;
+        resolve();
+      });
+      s.once('connect', () => s.write('x'));
+      s.once('data', () => {
+        sockets.push(s);
+        resolve();
+      });
+    });
+  for (let i = 0; i < count; i += batch) {
+    await Promise.all(Array.from({ length: Math.min(batch, count - i) }, one));
+  }
+  emit({ held: sockets.length, failed });
+  exitWithParent(() => {
+    for (const s of sockets) s.destroy();
+  });
+}
+
+const [mode, ...rest] = process.argv.slice(2);
+const args = parseArgs(rest);
+const modes: Record<string, (a: Args) => void | Promise<void>> = { echo, latency, connrate, idle };
+const fn = mode ? modes[mode] : undefined;
+if (!fn) {
+  process.stderr.write(`workers: unknown mode "${mode ?? ''}"; expected echo, latency, connrate or idle\n`);
+  process.exit(2);
+}
+Promise.resolve(fn(args)).then(
+  () => {
+    if (mode === 'latency' || mode === 'connrate') process.exit(0);
+  },
+  (err: Error) => {
+    process.stderr.write(`workers ${mode}: ${err.message}\n`);
+    process.exit(1);
+  },
+);
