@@ -23,22 +23,28 @@ export const PAGE_HTML = `<!doctype html>
   .pill.ready { background: #d8f3e4; color: var(--ok); }
   .pill.draining { background: #ffe7c2; color: var(--warn); }
   .pill.down { background: #fbd9d6; color: var(--bad); }
-  main { padding: 16px 20px 28px; display: grid; gap: 16px; grid-template-columns: repeat(auto-fit, minmax(270px, 1fr)); }
+  main { padding: 16px 20px 28px; display: grid; gap: 16px; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); }
   section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
   section.wide { grid-column: 1 / -1; }
   h2 { font-size: 12px; text-transform: uppercase; letter-spacing: .6px; color: var(--dim); margin: 0 0 8px; font-weight: 600; }
   table { border-collapse: collapse; width: 100%; }
   td, th { text-align: left; padding: 4px 8px 4px 0; vertical-align: top; }
   th { font-size: 12px; color: var(--dim); font-weight: 600; border-bottom: 1px solid var(--line); }
-  .kv td:first-child { color: var(--dim); width: 55%; }
+  .kv td:first-child { color: var(--dim); width: 50%; }
+  #guard td:first-child { width: 37%; }
+  .kv td + td { overflow-wrap: anywhere; }
   .num { text-align: right; font-variant-numeric: tabular-nums; }
   .mono { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; }
+  .mono.small { font-size: 11px; }
   .zero { color: #b3b9c2; }
   .big { font-size: 26px; font-weight: 600; font-variant-numeric: tabular-nums; }
   .states { display: grid; grid-template-columns: repeat(5, 1fr); gap: 8px; }
   .states div { text-align: center; }
   .states .label { font-size: 11.5px; color: var(--dim); }
   .states .hc .big { color: var(--warn); }
+  .states .big.zero { color: #b3b9c2; }
+  .reasons { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 2px 28px; }
+  .reasons div { display: flex; justify-content: space-between; padding: 3px 0; border-bottom: 1px solid var(--line); }
   #conns tbody tr { border-top: 1px solid var(--line); }
   #conns tbody tr.half-closed { background: var(--hc); box-shadow: inset 4px 0 0 var(--hc-edge); }
   #conns tbody tr.half-closed td:first-child { padding-left: 10px; }
@@ -80,10 +86,6 @@ export const PAGE_HTML = `<!doctype html>
     <table class="kv"><tbody id="guard"></tbody></table>
     <ul id="guard-warnings" class="warnings"></ul>
   </section>
-  <section>
-    <h2>Closed, by reason</h2>
-    <table><tbody id="reasons"></tbody></table>
-  </section>
   <section class="wide">
     <div class="toolbar">
       <h2>Live connections <span id="conn-count"></span></h2>
@@ -98,6 +100,10 @@ export const PAGE_HTML = `<!doctype html>
       <tbody></tbody>
     </table>
     <div id="no-conns" class="empty" hidden>No live connections.</div>
+  </section>
+  <section class="wide">
+    <h2>Closed, by reason</h2>
+    <div class="reasons" id="reasons"></div>
   </section>
 </main>
 <script>
@@ -156,15 +162,15 @@ function renderStats(s) {
   const ka = (k) => k ? "idle " + k.idleSec + " s, every " + k.intervalSec + " s, " + k.count + " probes" : "off";
   fill($("guard"), g ? [
     kv("mode", g.mode, "mono"),
-    kv("conntrack CLOSE_WAIT timeout", g.closeWaitSec === null ? "unknown" : g.closeWaitSec + " s"),
-    kv("read from", g.source === "sysctl" ? "net.netfilter.nf_conntrack_tcp_timeout_close_wait" : g.source === "default" ? "kernel default (conntrack not loaded)" : g.source, g.source === "sysctl" ? "mono" : ""),
+    kv("conntrack CLOSE_WAIT", g.closeWaitSec === null ? "unknown" : g.closeWaitSec + " s"),
+    kv("read from", g.source === "sysctl" ? "nf_conntrack_tcp_timeout_close_wait" : g.source === "default" ? "kernel default (conntrack not loaded)" : g.source, g.source === "sysctl" ? "mono small" : ""),
     kv("keepalive when half-closed", ka(g.halfClosed)),
     kv("keepalive when established", ka(g.established)),
     kv("TCP_USER_TIMEOUT", g.userTimeoutMs ? dur(g.userTimeoutMs) : "kernel default"),
   ] : [kv("status", "not running")]);
   $("guard-warnings").replaceChildren(...(g ? g.warnings : []).map((w) => el("li", {}, w)));
   const reasons = Object.entries(s.closedByReason).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
-  fill($("reasons"), reasons.map(([r, n]) => el("tr", { class: n ? "" : "zero", data: { reason: r } }, el("td", { class: "mono" }, r), el("td", { class: "num" }, n))));
+  fill($("reasons"), reasons.map(([r, n]) => el("div", { class: n ? "" : "zero", data: { reason: r } }, el("span", { class: "mono" }, r), el("span", { class: "num" }, n))));
 }
 
 function renderConnections(data) {
