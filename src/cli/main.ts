@@ -8,6 +8,7 @@ type Command = { run(argv: string[]): Promise<number>; summary: string };
 const COMMANDS: Record<string, () => Promise<Command>> = {
   proxy: () => import('./proxy.js'),
   scan: () => import('./scan.js'),
+  lab: () => import('./lab.js'),
 };
 
 const USAGE = `halfclose — a transparent TCP sidecar proxy that never leaks half-closed connections
