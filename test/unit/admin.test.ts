@@ -9,10 +9,13 @@ import net from 'node:net';
 import os from 'node:os';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describeConfig, resolveConfig, type FileConfig } from '../../src/config/schema.js';
 import { Proxy } from '../../src/proxy/proxy.js';
+import { CLOSE_REASONS } from '../../src/proxy/registry.js';
 import { silentLogger } from '../../src/log.js';
+import { ProxyMetrics } from '../../src/admin/metrics.js';
 import { startAdminServer, type AdminServer } from '../../src/admin/server.js';
 import { HalfcloseError } from '../../src/errors.js';
 import { connect, observe, startRouteProxy, startServer, waitFor, type TestProxy } from '../helpers/proxy.js';
@@ -468,6 +471,21 @@ test('CLI: --admin serves /metrics and /ready; POST /drain drains and the proces
     assert.match(cli.stderr(), /"msg":"drained; exiting"/);
   } finally {
     cli.child.kill('SIGKILL');
+    await up.close();
+  }
+});
+
+test('docs/metrics.md documents every halfclose_* metric and every close reason', async () => {
+  const doc = readFileSync(`${repoRoot}docs/metrics.md`, 'utf8');
+  const up = await startServer(() => {});
+  const px = await startRouteProxy(up.port);
+  try {
+    const names = (await new ProxyMetrics(px.proxy, { processMetrics: false }).registry.getMetricsAsJSON()).map((m) => m.name);
+    assert.ok(names.length >= 10, `metrics found: ${names.join(', ')}`);
+    for (const name of names) assert.match(doc, new RegExp(`^\\| \`${name}\` \\| (counter|gauge|histogram) \\|`, 'm'), `${name} has a row (name, type, meaning) in docs/metrics.md`);
+    for (const reason of CLOSE_REASONS) assert.match(doc, new RegExp(`^\\| \`${reason}\` \\|`, 'm'), `close reason ${reason} is in docs/metrics.md`);
+  } finally {
+    await px.close();
     await up.close();
   }
 });
