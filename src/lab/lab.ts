@@ -7,7 +7,10 @@ import { chownSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { run } from '../kernel/run.js';
-import { createPodTopology, installRedirect, type PodTopology } from '../kernel/topology.js';
+import { createPodTopology, type PodTopology } from '../kernel/topology.js';
+import { applyInterception } from '../netfilter/apply.js';
+import { interceptOptions } from '../netfilter/options.js';
+import { plan } from '../netfilter/plan.js';
 import { startApp, startService, type Agent } from './agents.js';
 import { runScenario, SCENARIO_SUMMARIES, type Bench, type CellResult, type ScenarioName } from './scenarios.js';
 import { SERVICE_PORT, SIDECAR_PORT, SIDECAR_UID, SIDECARS, startSidecar, type SidecarName } from './sidecars.js';
@@ -59,7 +62,9 @@ async function runSidecar(name: SidecarName, o: LabOptions): Promise<CellResult[
   const cells: CellResult[] = [];
   try {
     chownSync(dir, SIDECAR_UID, SIDECAR_UID);
-    await installRedirect(topo, SIDECAR_PORT, SIDECAR_UID);
+    // The same rules `halfclose iptables install` writes (Istio's layout), outbound capture only.
+    const rules = interceptOptions({ proxyUids: [SIDECAR_UID], proxyGids: [SIDECAR_UID], outboundPort: SIDECAR_PORT, inboundPorts: [] });
+    await applyInterception(plan(rules), { netns: topo.pod });
     o.onTopology?.(name, topo);
     service = await startService(topo, SERVICE_PORT);
     app = startApp(topo);
