@@ -4,7 +4,7 @@
 import { UsageError } from '../errors.js';
 import { requireNetns } from '../kernel/netns.js';
 import { analyze, DEFAULT_PROXY_PORTS, type ScanReport } from '../scan/analyze.js';
-import { collectFiles, collectLive, labelOf, listHostNamespaces, targetOf } from '../scan/collect.js';
+import { collectFiles, collectLive, labelOf, listHostNamespaces, namespaceExists, targetOf } from '../scan/collect.js';
 import { FORMATS, formatChanges, formatJson, formatPrometheus, formatTable, type Format } from '../scan/format.js';
 import { parseFlags, str, type FlagSpec } from './flags.js';
 
@@ -119,8 +119,8 @@ export async function run(argv: string[]): Promise<number> {
           input.where = labelOf(ns);
           reports.push(analyze(input));
         } catch (err) {
-          // A process that exited between listing and entering takes its namespace with it.
-          if (ns.name === null && (err as { code?: string }).code === 'HC_ERR_NETNS') continue;
+          // A namespace deleted (or a process exited) between listing and entering is not an error.
+          if (!namespaceExists(ns)) continue;
           throw err;
         }
       }

@@ -1,7 +1,7 @@
 // Gathers what the scanner judges: live from a network namespace (ss, conntrack, /proc/net/netstat,
 // the CLOSE_WAIT sysctl), from files a user captured elsewhere, or from every namespace on the host.
 
-import { readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { HalfcloseError } from '../errors.js';
 import { parseConntrack, readConntrack } from '../kernel/conntrack.js';
 import { readCloseWaitTimeout, readNetstat, SCAN_COUNTERS } from '../kernel/netstat.js';
@@ -115,9 +115,11 @@ export function listHostNamespaces(): HostNamespace[] {
     }
     let comm = '?';
     try {
+      // Kernel threads (empty cmdline) all live in the host namespace; they would only crowd its name.
+      if (readFileSync(`/proc/${ent}/cmdline`).length === 0) continue;
       comm = readFileSync(`/proc/${ent}/comm`, 'utf8').trim();
     } catch {
-      /* exited meanwhile */
+      continue; // exited meanwhile
     }
     const ns = byInode.get(inode) ?? { inode, name: null, pid: Number(ent), processes: [] };
     if (!ns.processes.includes(comm)) ns.processes.push(comm);
@@ -151,4 +153,9 @@ export function targetOf(ns: HostNamespace): NsTarget {
 export function labelOf(ns: HostNamespace): string {
   const procs = ns.processes.length ? ` (${ns.processes.slice(0, 4).join(', ')}${ns.processes.length > 4 ? ', …' : ''})` : '';
   return `${ns.name !== null ? `netns ${ns.name}` : `net:[${ns.inode}] pid ${ns.pid}`}${procs}`;
+}
+
+/** Whether a listed namespace can still be entered the way targetOf() enters it. */
+export function namespaceExists(ns: HostNamespace): boolean {
+  return ns.name !== null ? existsSync(`/run/netns/${ns.name}`) : existsSync(`/proc/${ns.pid}/ns/net`);
 }
