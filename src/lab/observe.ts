@@ -78,7 +78,7 @@ export async function countHeld(topo: PodTopology): Promise<number> {
 
 function entryView(e: ConntrackEntry | undefined): EntryView | null {
   if (!e) return null;
-  const t = (x: ConntrackEntry['orig']): string => `${x.src}:${x.sport} -> ${x.dst}:${x.dport}`;
+  const t = (x: ConntrackEntry['orig']): string => `${x.src}:${x.sport}→${x.dst}:${x.dport}`;
   return { state: e.state ?? '?', timeoutSec: e.timeoutSec, orig: t(e.orig), reply: t(e.reply) };
 }
 
