@@ -18,7 +18,7 @@ import { silentLogger } from '../../src/log.js';
 import { ProxyMetrics } from '../../src/admin/metrics.js';
 import { startAdminServer, type AdminServer } from '../../src/admin/server.js';
 import { HalfcloseError } from '../../src/errors.js';
-import { connect, observe, startRouteProxy, startServer, waitFor, type TestProxy } from '../helpers/proxy.js';
+import { connect, observe, startProxy, startRouteProxy, startServer, waitFor, type TestProxy } from '../helpers/proxy.js';
 
 interface Sample {
   name: string;
@@ -254,6 +254,89 @@ test('closes are counted by reason: downstream-reset, upstream-reset, connect-re
     assert.equal(await st2.metric('halfclose_connections_active', { ...L, state: 'connecting' }), 0);
   } finally {
     await st2.close();
+  }
+});
+
+test('timer, drain and original-destination closes are counted by their reason', async () => {
+  const ups: net.Socket[] = [];
+  const up = await startServer((s) => {
+    ups.push(s);
+    s.on('data', () => {});
+    s.on('error', () => {});
+  });
+  const stacks: Stack[] = [];
+  const clients: net.Socket[] = [];
+  /** Opens one client through a proxy with `overrides`, waits for its upstream, returns both. */
+  const open = async (overrides: FileConfig): Promise<{ st: Stack; c: net.Socket; u: net.Socket }> => {
+    const st = await startStack(up.port, overrides);
+    stacks.push(st);
+    const before = ups.length;
+    const c = await connect(st.px.port);
+    c.on('data', () => {});
+    c.on('error', () => {});
+    clients.push(c);
+    await waitFor(() => ups.length > before, 5000, 'upstream accept');
+    return { st, c, u: ups[ups.length - 1]! };
+  };
+  const closedBy = async (st: Stack, reason: string): Promise<void> => {
+    const [entry] = await st.px.closed(1);
+    assert.equal(entry!.reason, reason, 'the access log has the reason');
+    assert.equal(await st.metric('halfclose_connections_closed_total', { ...L, reason }), 1, `closed_total{reason="${reason}"}`);
+    const total = parseExposition(await fetch(`${st.url}metrics`).then((r) => r.text()))
+      .filter((x) => x.name === 'halfclose_connections_closed_total')
+      .reduce((a, x) => a + x.value, 0);
+    assert.equal(total, 1, 'counted once, under one reason');
+  };
+  try {
+    // Nothing moves for the idle timeout.
+    const idle = await open({ timeouts: { idle: '300ms' } });
+    await closedBy(idle.st, 'idle-timeout');
+
+    // The server half-closes and nothing else happens for the half-close timeout.
+    const hc = await open({ timeouts: { halfClose: '300ms' } });
+    hc.u.end();
+    await waitFor(async () => (await hc.st.metric('halfclose_connections_active', { ...L, state: 'half-closed-server' })) === 1, 5000, 'half-closed');
+    await closedBy(hc.st, 'half-close-timeout');
+    assert.equal(await hc.st.metric('halfclose_half_close_duration_seconds_count', L), 1);
+
+    // Older than the max duration, though not idle for long.
+    const old = await open({ timeouts: { maxDuration: '400ms' } });
+    const ticker = setInterval(() => old.c.write('.'), 50);
+    try {
+      await closedBy(old.st, 'max-duration');
+    } finally {
+      clearInterval(ticker);
+    }
+
+    // Still open when the drain timeout runs out.
+    const dr = await open({ timeouts: { drain: '200ms' } });
+    const drain = await request(`${dr.st.url}drain`, { method: 'POST' });
+    assert.equal(drain.status, 202);
+    await closedBy(dr.st, 'drain');
+  } finally {
+    for (const c of clients) c.destroy();
+    for (const u of ups) u.destroy();
+    for (const st of stacks) await st.close();
+    await up.close();
+  }
+
+  // An original-destination listener reached directly, not through a REDIRECT: with conntrack
+  // loaded the "original" destination is the listener itself (loop-refused), without it there is
+  // none (no-original-dst). Either way the client is reset and the metric has the logged reason.
+  const px = await startProxy(resolveConfig({ listeners: [{ kind: 'outbound', name: 'test', listen: '127.0.0.1:0' }], admin: { address: 'off' } }, 'test'), { guard: { readCloseWait: () => 60 } });
+  const admin = await startAdminServer(px.proxy, { address: { host: '127.0.0.1', port: 0, family: 4 }, logger: silentLogger() });
+  try {
+    // The reset can beat the 'connect' event, so observe from the start.
+    const c = net.connect({ port: px.port, host: '127.0.0.1' });
+    assert.equal((await observe(c)).end, 'reset');
+    const [entry] = await px.closed(1);
+    assert.ok(entry!.reason === 'loop-refused' || entry!.reason === 'no-original-dst', entry!.reason);
+    const m = await fetch(`${admin.url}metrics`).then((r) => r.text());
+    assert.match(m, new RegExp(`^halfclose_connections_closed_total\\{listener="test",reason="${entry!.reason}"\\} 1$`, 'm'));
+    assert.match(m, /^halfclose_connections_accepted_total\{listener="test"\} 1$/m);
+  } finally {
+    await admin.close();
+    await px.close();
   }
 });
 
