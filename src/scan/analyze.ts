@@ -12,6 +12,8 @@ export const DEFAULT_PROXY_PORTS = [15001, 15006] as const;
 
 /** Two half-closed sockets whose last activity lies further apart than this are not one connection. */
 export const PAIR_TOLERANCE_MS = 2000;
+/** Two candidates whose distance in time differs by less than this are equally likely partners. */
+export const PAIR_AMBIGUITY_MS = 100;
 
 export interface ScanInput {
   /** Where the data comes from: `netns pod`, `pid 42`, `files ss.txt, ct.txt`. */
@@ -239,38 +241,53 @@ export function analyze(input: ScanInput): ScanReport {
     let pairing: Pairing = 'unpaired';
     let pairingNote = '';
     const dIdle = idleOf(d);
-    const byTime = (xs: TcpSocket[]): TcpSocket | null => {
-      if (dIdle === null) return null;
-      let best: TcpSocket | null = null;
-      let bestGap = Infinity;
-      for (const u of xs) {
-        const ui = idleOf(u);
-        if (ui === null) continue;
-        const gap = Math.abs(ui - dIdle);
-        if (gap < bestGap) [best, bestGap] = [u, gap];
-      }
-      return bestGap <= PAIR_TOLERANCE_MS ? best : null;
-    };
+    // Candidates ranked by how close their last activity is to the downstream socket's.
+    const ranked = (xs: TcpSocket[]): { u: TcpSocket; gap: number }[] =>
+      dIdle === null
+        ? []
+        : xs
+            .filter((u) => idleOf(u) !== null)
+            .map((u) => ({ u, gap: Math.abs(idleOf(u)! - dIdle) }))
+            .sort((a, b) => a.gap - b.gap);
+    const doubt = (r: { gap: number }[]): string =>
+      r.length > 1 && r[1]!.gap - r[0]!.gap < PAIR_AMBIGUITY_MS
+        ? `; uncertain: another candidate is ${r[1]!.gap}ms apart, as close, so the two may be swapped`
+        : '';
+    const owner = pid !== undefined ? `, owner pid ${pid}` : '';
     const toDest = dest ? cands.filter((u) => key(u.peer) === dest) : [];
-    if (toDest.length > 0) {
-      partner = toDest.length === 1 ? toDest[0]! : (byTime(toDest) ?? toDest[0]!);
+    const destText = dest ? showHostPort(toDest[0]?.peer ?? { host: '', port: 0 }) : '';
+    if (toDest.length === 1) {
+      partner = toDest[0]!;
       pairing = 'original-destination';
-      pairingNote = `paired by the original destination ${showHostPort(partner.peer)}${pid !== undefined ? ` and owner pid ${pid}` : ''}`;
-    } else if ((partner = byTime(cands))) {
-      pairing = 'owner-and-timing';
-      pairingNote = `paired by owner${pid !== undefined ? ` pid ${pid}` : ''} and timing (last activity ${Math.abs(idleOf(partner)! - dIdle!)}ms apart)`;
-    } else if (cands.length === 1) {
-      partner = cands[0]!;
-      pairing = 'owner';
-      pairingNote =
-        pid !== undefined
-          ? `paired by owner pid ${pid} only (the only CLOSE-WAIT socket it holds; no timing to confirm)`
-          : 'paired by elimination: the only other CLOSE-WAIT socket that is not the app\'s (no owners or timing to confirm)';
+      pairingNote = `paired by the original destination ${destText}${owner}`;
+    } else if (toDest.length > 1) {
+      const r = ranked(toDest);
+      if (r.length > 0 && r[0]!.gap <= PAIR_TOLERANCE_MS) {
+        partner = r[0]!.u;
+        pairing = 'original-destination';
+        pairingNote = `paired by the original destination ${destText}${owner} and timing (last activity ${r[0]!.gap}ms apart)${doubt(r)}`;
+      } else {
+        pairingNote = `${toDest.length} CLOSE-WAIT sockets of the same process go to the original destination ${destText}; the data cannot tell which is its partner (capture with ss -i for timing)`;
+      }
     } else {
-      pairingNote =
-        cands.length === 0
-          ? 'no CLOSE-WAIT upstream socket of the same process found'
-          : `${cands.length} CLOSE-WAIT upstream sockets of the same process could be its partner; the data cannot tell which (capture with ss -i for timing)`;
+      const r = ranked(cands);
+      if (r.length > 0 && r[0]!.gap <= PAIR_TOLERANCE_MS) {
+        partner = r[0]!.u;
+        pairing = 'owner-and-timing';
+        pairingNote = `paired by owner${pid !== undefined ? ` pid ${pid}` : ''} and timing (last activity ${r[0]!.gap}ms apart)${doubt(r)}`;
+      } else if (cands.length === 1) {
+        partner = cands[0]!;
+        pairing = 'owner';
+        pairingNote =
+          pid !== undefined
+            ? `paired by owner pid ${pid} only (the only CLOSE-WAIT socket it holds; no timing to confirm)`
+            : "paired by elimination: the only other CLOSE-WAIT socket that is not the app's (no owners or timing to confirm)";
+      } else {
+        pairingNote =
+          cands.length === 0
+            ? 'no CLOSE-WAIT upstream socket of the same process found'
+            : `${cands.length} CLOSE-WAIT upstream sockets of the same process could be its partner; the data cannot tell which (capture with ss -i for timing)`;
+      }
     }
     if (partner) used.add(partner);
     findings.push({ verdict, reason, explanation, downstream: view(d), upstream: partner ? view(partner) : null, pairing, pairingNote, app, conntrack: ct });

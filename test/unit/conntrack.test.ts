@@ -42,6 +42,18 @@ test('the same table as conntrack -L, -o extended and /proc/net/nf_conntrack par
   assert.equal(proc!.entries[0]!.use, 2);
 });
 
+test('captured HAProxy table with an IPv6 REDIRECT: the three formats agree, /proc IPv6 compressed', () => {
+  const [plain, ext, proc] = ['haproxy-half-closed.L.txt', 'haproxy-half-closed.extended.txt', 'haproxy-half-closed.proc.txt'].map((f) => parseConntrack(fixture(f)));
+  for (const r of [plain!, ext!, proc!]) assert.deepEqual(r.problems, []);
+  assert.equal(plain!.entries.length, 4);
+  assert.deepEqual(ext!.entries.map(core), plain!.entries.map(core));
+  assert.deepEqual(proc!.entries.map(core), plain!.entries.map(core));
+  const v6 = proc!.entries[2]!;
+  assert.equal(v6.family, 6);
+  assert.deepEqual(v6.reply, { src: '::1', dst: 'fd77::1', sport: 15001, dport: 50334 });
+  assert.deepEqual(parseConntrack(fixture('haproxy-leak.extended.txt')), { entries: [], problems: [] });
+});
+
 test('mixed table: UNREPLIED, zones, marks, counters, flags, flow id, udp and icmp, the summary line', () => {
   const r = parseConntrack(fixture('handmade-mixed.L.txt'));
   assert.deepEqual(r.problems, []);

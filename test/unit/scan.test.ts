@@ -60,6 +60,29 @@ test('captured one second earlier: entry still CLOSE_WAIT, app socket alive, no 
   }
 });
 
+test('captured HAProxy leak, IPv4 and IPv6 listeners: two leaks, four sockets, and an honest word on pairing', () => {
+  const r = analyze(files('haproxy-leak.tanoeip.txt', 'haproxy-leak.extended.txt'));
+  assert.deepEqual(r.sidecar, { listeners: ['127.0.0.1:15001', '[::1]:15001'], processes: [{ name: 'haproxy', pid: 25111 }] });
+  assert.deepEqual(
+    r.findings.map((f) => [f.verdict, f.reason, f.downstream.local, f.downstream.peer, f.upstream?.state, f.upstream?.process?.name]),
+    [
+      ['leaked', 'conntrack-entry-gone', '127.0.0.1:15001', '10.77.0.1:59030', 'CLOSE-WAIT', 'haproxy'],
+      ['leaked', 'conntrack-entry-gone', '[::1]:15001', '[fd77::1]:50334', 'CLOSE-WAIT', 'haproxy'],
+    ],
+  );
+  // Both upstream sockets go to 10.77.0.2:7777 and went quiet 4 ms apart: each is used once, and
+  // the report says the two may be swapped rather than pretend to know.
+  assert.deepEqual(new Set(r.findings.map((f) => f.upstream?.local)), new Set(['10.77.0.1:59044', '10.77.0.1:59050']));
+  assert.match(r.findings[0]!.pairingNote, /uncertain: another candidate/);
+  assert.equal(r.summary.leakedSockets, 4);
+  assert.deepEqual(r.portHazards.map((h) => h.app), ['10.77.0.1:59030', '[fd77::1]:50334']);
+  // The same namespace 4.5 s earlier: both at risk, original destinations from conntrack, IPv6 included.
+  for (const ct of ['haproxy-half-closed.L.txt', 'haproxy-half-closed.extended.txt', 'haproxy-half-closed.proc.txt']) {
+    const early = analyze(files('haproxy-half-closed.tanoeip.txt', ct));
+    assert.deepEqual(early.findings.map((f) => [f.verdict, f.conntrack?.originalDst]), [['at-risk', '10.77.0.2:7777'], ['at-risk', '[fd77::2]:7777']], ct);
+  }
+});
+
 test('the same half-closed connection with a keepalive due before the entry expires is healthy', () => {
   const ss = readFixture('ss', 'envoy-like-half-closed.tanoeip.txt').replace(
     'users:(("node",pid=8792,fd=19))',

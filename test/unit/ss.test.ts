@@ -44,6 +44,18 @@ test('captured leak (ss -tanoeip): sidecar FIN-WAIT-2 and CLOSE-WAIT with owner,
   assert.deepEqual(listen.peer, { host: '0.0.0.0', port: 0 });
 });
 
+test('captured HAProxy capture with an IPv6 listener: bracketed addresses, v6only, owners by fd', () => {
+  const r = parseSs(fixture('haproxy-leak.tanoeip.txt'));
+  assert.deepEqual(r.problems, []);
+  assert.equal(r.sockets.length, 8);
+  const v6 = find(r.sockets, 'FIN-WAIT-2', 15001, 50334);
+  assert.deepEqual(v6.local, { host: '::1', port: 15001 });
+  assert.deepEqual(v6.peer, { host: 'fd77::1', port: 50334 });
+  assert.deepEqual(v6.owners, [{ name: 'haproxy', pid: 25111, fd: 13 }]);
+  assert.equal(v6.lastackMs, 5660);
+  assert.deepEqual(find(r.sockets, 'LISTEN', 15001, 0).local, { host: '127.0.0.1', port: 15001 });
+});
+
 test('captured leak after the app socket died: only the sidecar pair is left', () => {
   const r = parseSs(fixture('envoy-like-leak.tanoeip.txt'));
   assert.deepEqual(r.problems, []);
