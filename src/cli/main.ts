@@ -9,6 +9,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   proxy: () => import('./proxy.js'),
   scan: () => import('./scan.js'),
   lab: () => import('./lab.js'),
+  doctor: () => import('./doctor.js'),
 };
 
 const USAGE = `halfclose — a transparent TCP sidecar proxy that never leaks half-closed connections
