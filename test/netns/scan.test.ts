@@ -6,7 +6,7 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -152,13 +152,25 @@ test('an Envoy-like sidecar leaks; scan --netns reports exactly its two sockets 
   const early = await scanJson(['--netns', topo.pod]);
   assert.ok(early.report.findings.every((f) => f.downstream.peer === run.appLocal));
 
+  // --watch, started while the connection is still only half-closed, must print the change.
+  const watcher = spawn(process.execPath, [BIN, 'scan', '--netns', topo.pod, '--watch', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    watcher.kill('SIGKILL');
+  });
+  const watched = watch(watcher);
+  await watched.waitLine(/^halfclose scan: netns /, 20_000);
+
   // The entry expires after CLOSE_WAIT_SEC; then the app closes, and its bare FIN goes nowhere.
   const leaked = await waitFor('the conntrack entry to expire and scan to report a leak', 30_000, async () => {
     const s = await scanJson(['--netns', topo.pod]);
     return s.report.summary.leakedConnections > 0 ? s : null;
   });
   run.app.child.kill('SIGUSR2');
-  await new Promise((r) => setTimeout(r, 1000));
+  const change = await watched.waitLine(/Z (\+ leaked|~ at-risk -> leaked) netns \S+: 127\.0\.0\.1:15001 -> \S+ \(conntrack-entry-gone\)$/, 20_000);
+  assert.ok(change.includes(run.appLocal), change);
+  watcher.kill('SIGINT');
+  const [watchExit] = (await once(watcher, 'exit')) as [number | null];
+  assert.equal(watchExit, 1, watched.out());
 
   const table = await scan(['--netns', topo.pod]);
   t.diagnostic(`scan --netns output:\n${table.stdout}`);
