@@ -144,7 +144,7 @@ svg .bt{font:600 13px system-ui,sans-serif;fill:#202124}
 svg .sl{font:11px system-ui,sans-serif;fill:#5f6368}svg .st{font:600 13px monospace}svg .sa{font:10px monospace;fill:#3c4043}
 svg .ar{stroke:#1a73e8;stroke-width:2}svg .ar.lost{stroke:#d93025;stroke-dasharray:6 4}svg .ah{fill:#1a73e8}
 svg .x{stroke:#d93025;stroke-width:3}svg .lostc{fill:#d93025}svg .al{font:12px system-ui,sans-serif;fill:#1a73e8}svg .al.lostt{fill:#d93025;font-weight:600}
-svg .ct{fill:#e8f0fe;stroke:#8ab4f8}svg .ct.gone{fill:#fce8e6;stroke:#f28b82}svg .ctt{font:11px monospace;fill:#202124}
+svg .ct{fill:#e8f0fe;stroke:#8ab4f8}svg .ct.gone{fill:#fce8e6;stroke:#f28b82}svg .ctt{font:10px monospace;fill:#202124}
 `;
 
 /** The whole report as one HTML string. */
