@@ -17,7 +17,7 @@ export function readConfigFile(path: string): FileConfig {
   try {
     data = YAML.parse(text, { prettyErrors: true, uniqueKeys: true });
   } catch (err) {
-    const first = String((err as Error).message).split('\n')[0];
+    const first = String((err as Error).message).split('\n')[0]!.replace(/:$/, ''); // yaml ends it with ':' before a code frame
     throw new HalfcloseError('HC_ERR_CONFIG_FILE', `${path}: not valid YAML: ${first}`, { cause: err });
   }
   if (data !== null && data !== undefined && (typeof data !== 'object' || Array.isArray(data))) {

@@ -3,7 +3,7 @@
 
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { parseDuration } from '../util/duration.js';
+import { formatDuration, parseDuration } from '../util/duration.js';
 import { parseEndpoint, type Endpoint } from '../util/address.js';
 
 const duration = z.union([z.string(), z.number()]);
@@ -229,7 +229,7 @@ export function isLoopback(host: string): boolean {
 /** The config as YAML-shaped data, for --print-config and GET /config. */
 export function describeConfig(cfg: ProxyConfig): Record<string, unknown> {
   const fmt = (e: Endpoint | null): string | null => (e ? (e.family === 6 ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`) : null);
-  const dur = (ms: number): string => (ms === 0 ? '0' : ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`);
+  const dur = formatDuration;
   return {
     listeners: cfg.listeners.map((l) => ({
       name: l.name,
