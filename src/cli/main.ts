@@ -7,6 +7,7 @@ type Command = { run(argv: string[]): Promise<number>; summary: string };
 
 const COMMANDS: Record<string, () => Promise<Command>> = {
   proxy: () => import('./proxy.js'),
+  iptables: () => import('./iptables.js'),
   scan: () => import('./scan.js'),
   lab: () => import('./lab.js'),
   doctor: () => import('./doctor.js'),

@@ -125,6 +125,14 @@ export async function applyScript(nf: Netfilter, family: Family, script: string,
         const back = planFromSaved(before, { family, command: family === 4 ? 'iptables' : 'ip6tables' });
         const rollback = installScript(new Map([...now].filter(([name]) => done.includes(name))), { ...back, tables: back.tables.filter((t) => done.includes(t.table)) });
         if (rollback !== null) await nf.restore(family, rollback);
+        // A table the failed install brought into being (nft creates one on first use) goes too.
+        if (nf.backend === 'nft') {
+          const left = await saved(nf, family, []);
+          for (const name of done) {
+            const t = left.get(name);
+            if (!before.has(name) && t && isPristine(t)) await nf.restore(family, `*${name}\nCOMMIT\n`, { flush: true });
+          }
+        }
       }
       if (err instanceof HalfcloseError && section.firstLine > 1) {
         // Line numbers from iptables-restore count from the start of the section.
@@ -148,6 +156,23 @@ async function removeInboundSource6(nf: Netfilter, dryRun: boolean, notes: strin
   if (!/inet6 ::6\/128/.test(have.stdout)) return;
   if (!dryRun) await run('ip', ['-6', 'addr', 'del', '::6/128', 'dev', 'lo'], { netns: nf.netns });
   notes.push(`${dryRun ? 'would remove' : 'removed'} ::6/128 from lo`);
+}
+
+/**
+ * iptables-nft creates a table on first use; a table in which we had rules and that is now empty
+ * (no rules, built-in chains only, policy ACCEPT) goes, as it came, so iptables-save prints what
+ * it printed before install. The legacy back end cannot remove a table once used: it stays, empty.
+ */
+async function dropEmptiedTables(nf: Netfilter, family: Family, hadOurs: readonly string[], notes: string[]): Promise<void> {
+  if (nf.backend !== 'nft' || hadOurs.length === 0) return;
+  const after = await saved(nf, family, []);
+  for (const name of hadOurs) {
+    const t = after.get(name);
+    if (t && isPristine(t)) {
+      await nf.restore(family, `*${name}\nCOMMIT\n`, { flush: true });
+      notes.push(`removed the now empty ${name} table`);
+    }
+  }
 }
 
 /** Installs (or updates to) the plan; a second run with the same options changes nothing. */
@@ -186,6 +211,8 @@ async function installFamily(nf: Netfilter, p: FamilyPlan, dryRun: boolean): Pro
   const action = tablesWithOurs(before).length > 0 ? 'updated' : 'installed';
   if (dryRun) return { family: p.family, action, script, notes };
   await applyScript(nf, p.family, script, before);
+  // With other options, a table may be left with nothing in it (mangle without --drop-invalid).
+  await dropEmptiedTables(nf, p.family, tablesWithOurs(before).filter((name) => !p.tables.some((t) => t.table === name)), notes);
   // Read back: the plan is written in iptables-save's own form, so the live tables must now match it.
   const after = await saved(nf, p.family, []);
   if (installScript(after, p) !== null) {
@@ -219,17 +246,9 @@ export async function uninstall(nf: Netfilter, opts: { dryRun?: boolean } = {}):
     const touched = tablesWithOurs(before);
     const { chains, rules } = countOurs(before);
     notes.push(`${chains} chains and ${rules} rules of ours in ${touched.join(', ')}`);
-    if (!opts.dryRun) await applyScript(nf, family, script, before);
-    if (nf.backend === 'nft') {
-      // iptables-nft creates a table on first use; one left empty by us goes, as it came.
-      const after = opts.dryRun ? null : await saved(nf, family, []);
-      for (const name of touched) {
-        const t = after?.get(name);
-        if (t && isPristine(t)) {
-          await nf.restore(family, `*${name}\nCOMMIT\n`, { flush: true });
-          notes.push(`removed the now empty ${name} table`);
-        }
-      }
+    if (!opts.dryRun) {
+      await applyScript(nf, family, script, before);
+      await dropEmptiedTables(nf, family, touched, notes);
     }
     if (family === 6) await removeInboundSource6(nf, opts.dryRun === true, notes);
     reports.push({ family, action: 'removed', script, notes });
