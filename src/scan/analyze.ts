@@ -293,6 +293,25 @@ export function analyze(input: ScanInput): ScanReport {
     findings.push({ verdict, reason, explanation, downstream: view(d), upstream: partner ? view(partner) : null, pairing, pairingNote, app, conntrack: ct });
   }
 
+  // CLOSE-WAIT sockets of the sidecar that no downstream socket of it could still pair with: the
+  // proxy dropped the app side but kept the upstream open. A one-sided leak this scan cannot tie
+  // to a connection, so it is a note, not a finding (and does not change the exit status).
+  if (haveOwners && sidecarPids.size > 0) {
+    const freeUp = upstreamPool.filter((u) => !used.has(u) && u.owners.some((o) => sidecarPids.has(o.pid)));
+    const findingDown = new Set(findings.map((f) => f.downstream.line));
+    const freeDown = downstream.filter((d) => d.owners.some((o) => sidecarPids.has(o.pid)) && !findingDown.has(d.line)).length;
+    const stray = freeUp.length - freeDown;
+    if (stray > 0) {
+      const shown = freeUp
+        .slice()
+        .sort((a, b) => (idleOf(b) ?? 0) - (idleOf(a) ?? 0))
+        .slice(0, stray)
+        .map((u) => `${showHostPort(u.local)} -> ${showHostPort(u.peer)}`);
+      notes.push(
+        `${stray} CLOSE-WAIT socket(s) of the sidecar have no socket towards the app left to pair with (${shown.slice(0, 5).join(', ')}${shown.length > 5 ? ', …' : ''}): either the proxy dropped the app side of a connection without closing this one, or it is a connection of the proxy's own (control plane, health check) it never closed`,
+      );
+    }
+  }
   if (orphans > 0) notes.push(`${orphans} FIN-WAIT-2 socket(s) on the proxy ports have no owner: the kernel removes those after tcp_fin_timeout, not a leak`);
   if (unjudged > 0) notes.push(`${unjudged} half-closed sidecar connection(s) could not be judged: no conntrack table and the app is not in this namespace`);
   for (const p of input.problems.slice(0, 20)) notes.push(`${p.source} line ${p.line} skipped: ${p.why}`);

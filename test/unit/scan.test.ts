@@ -159,6 +159,25 @@ test('orphaned FIN-WAIT-2 and other ports are not findings; --proxy-ports moves 
   assert.equal(haproxy.findings[0]!.upstream?.local, '10.0.0.5:3000');
 });
 
+test('a sidecar that dropped the app side but kept its upstream CLOSE-WAIT is named in a note, not counted as a leak', () => {
+  // Shape seen live when a relay destroyed the downstream socket right after forwarding the FIN.
+  const ss = [
+    'LISTEN 0 1024 127.0.0.1:15001 0.0.0.0:* users:(("node",pid=7,fd=18)) uid:1337 ino:10 sk:1 <->',
+    'CLOSE-WAIT 0 0 10.77.0.1:41260 10.77.0.2:7777 users:(("app",pid=8,fd=18)) ino:11 sk:2 -->',
+    'CLOSE-WAIT 0 0 10.77.0.1:41272 10.77.0.2:7777 users:(("node",pid=7,fd=20)) uid:1337 ino:12 sk:3 -->',
+    'FIN-WAIT-2 0 0 127.0.0.1:15001 10.77.0.1:41260 timer:(timewait,59sec,0) ino:0 sk:4',
+  ].join('\n');
+  const ct = readFixture('conntrack', 'envoy-like-half-closed.L.txt').replaceAll('44410', '41260').replaceAll('55004', '41272');
+  const r = analyze(input(ss, ct));
+  assert.deepEqual(r.findings, []);
+  assert.ok(r.notes.some((n) => n.startsWith('1 CLOSE-WAIT socket(s) of the sidecar have no socket towards the app left to pair with (10.77.0.1:41272 -> 10.77.0.2:7777)')), r.notes.join('\n'));
+  assert.ok(r.notes.some((n) => n.includes('no owner')));
+  // A healthy half-closed pair leaves no such note.
+  const healthy = analyze(files('envoy-like-half-closed.tanoeip.txt', 'envoy-like-half-closed.L.txt'));
+  assert.ok(!healthy.notes.some((n) => n.includes('no socket towards the app')));
+  assert.ok(!analyze(files('haproxy-leak.tanoeip.txt', 'haproxy-leak.extended.txt')).notes.some((n) => n.includes('no socket towards the app')));
+});
+
 test('garbled input lines become notes with their line number; a file that is not ss output is HC_ERR_PARSE', () => {
   const r = analyze(files('handmade-garbled.txt', 'handmade-garbled.txt'));
   assert.ok(r.notes.includes('ss line 3 skipped: too few columns (expected State Recv-Q Send-Q Local Peer)'));
