@@ -53,6 +53,7 @@ test('bad usage and unreadable input: one line on stderr, exit 2, no stack', () 
     [['--proxy-ports', '15001,99999', '--ss', ss('handmade-plain.tan.txt')], /--proxy-ports expects/],
     [['--watch', '0'], /--watch expects/],
     [['--netns', 'hc-no-such-namespace'], /network namespace "hc-no-such-namespace" does not exist/],
+    [['--pid', '2147483646'], /--pid: process 2147483646 does not exist/],
     [['--ss', '/nonexistent/file'], /--ss: cannot read \/nonexistent\/file: ENOENT/],
     [['--ss', ct('handmade-mixed.L.txt')], /not ss output, line 1: unknown socket state "tcp"/],
   ];
