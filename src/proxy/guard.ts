@@ -65,7 +65,7 @@ export function planGuard(config: ProxyConfig, closeWaitSecRead: number | null):
     for (const [what, v] of [['idle', ka.idleSec], ['interval', ka.intervalSec]] as const) {
       if (v >= cw) {
         warnings.push(
-          `--keepalive ${what} ${v}s is not below the conntrack CLOSE_WAIT timeout ${cw}s${source === 'default' ? ' (kernel default assumed)' : ''}: a half-closed connection's entry can expire between probes and the application's late FIN then leaks both sockets; use --keepalive auto or a ${what} below ${cw}s`,
+          `--keepalive ${what} ${v}s is not below the conntrack CLOSE_WAIT timeout ${cw}s${source === 'default' ? ' (kernel default assumed)' : ''}: a half-closed connection's entry can expire between probes and the application's late FIN then leaks both sockets; use --keepalive auto or an ${what} below ${cw}s`,
         );
       }
     }
