@@ -1,0 +1,179 @@
+// `halfclose proxy` as users run it: the built bin/halfclose, its output and exit status for good
+// input (--help, --print-config, a real relay stopped by SIGTERM) and for bad input (one line on
+// stderr naming the flag or key, exit status 2, never a stack trace).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
+
+/** The repository root, from test/unit (tsx) or dist/test/unit (built). */
+function repoRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'bin', 'halfclose'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('bin/halfclose not found above the test file');
+    dir = up;
+  }
+  return dir;
+}
+const BIN = path.join(repoRoot(), 'bin', 'halfclose');
+
+/** Runs `halfclose proxy ARGS` to completion (async, so a test can run several at once). */
+async function run(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, 'proxy', ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000 });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const [status] = (await once(child, 'close')) as [number | null];
+  return { status, stdout, stderr };
+}
+
+/** Bad input: exactly one line on stderr, starting `halfclose: `, matching `pattern`, exit 2, nothing on stdout. */
+async function badInput(args: string[], pattern: RegExp): Promise<void> {
+  const r = await run(args);
+  assert.equal(r.status, 2, `exit status for ${args.join(' ')}; stderr: ${r.stderr}`);
+  assert.equal(r.stdout, '');
+  assert.match(r.stderr, /^halfclose: [^\n]+\n$/, `one line for ${args.join(' ')}, got: ${r.stderr}`);
+  assert.match(r.stderr, pattern);
+  assert.doesNotMatch(r.stderr, /\bat .*\.js:\d+/, 'no stack trace');
+}
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'halfclose-cli-'));
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+function file(name: string, text: string): string {
+  const p = path.join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+test('--help describes every flag the command accepts and exits 0', async () => {
+  const [r, printedRun, short] = await Promise.all([run(['--help']), run(['--print-config']), run(['-h'])]);
+  assert.equal(r.status, 0);
+  assert.equal(r.stderr, '');
+  assert.match(r.stdout, /^Usage: halfclose proxy \[--config FILE\] \[flags\]/);
+  const flags = [
+    '--outbound', '--inbound', '--route', '--upstream-source', '--connect-timeout', '--idle-timeout', '--half-close-timeout',
+    '--max-duration', '--drain-timeout', '--keepalive', '--keepalive-established', '--user-timeout', '--buffer-limit',
+    '--admin', '--admin-allow-non-loopback', '--access-log', '--log-level', '--config', '--print-config', '--help',
+  ];
+  for (const f of flags) assert.match(r.stdout, new RegExp(`^\\s+(-h, )?${f}\\b`, 'm'), `--help lists ${f}`);
+  // Each documented default is the one --print-config shows.
+  const printed = YAML.parse(printedRun.stdout);
+  assert.match(r.stdout, new RegExp(`--idle-timeout DUR[^]*Default ${printed.timeouts.idle}\\b`));
+  assert.match(r.stdout, new RegExp(`--connect-timeout DUR[^]*Default ${printed.timeouts.connect}\\b`));
+  assert.match(r.stdout, new RegExp(`--drain-timeout DUR[^]*Default ${printed.timeouts.drain}\\b`));
+  assert.equal(short.stdout, r.stdout);
+});
+
+test('--print-config shows the merged configuration: file values, flags over them', async () => {
+  const cfg = file('good.yaml', 'listeners:\n  - kind: outbound\n    listen: 127.0.0.1:15001\ntimeouts:\n  idle: 10m\n  connect: 2s\n');
+  const r = await run(['--config', cfg, '--idle-timeout', '90s', '--half-close-timeout', '0', '--print-config']);
+  assert.equal(r.status, 0, r.stderr);
+  const out = YAML.parse(r.stdout);
+  assert.deepEqual(out.listeners, [{ name: 'outbound', kind: 'outbound', listen: '127.0.0.1:15001' }]);
+  assert.deepEqual(out.timeouts, { connect: '2s', idle: '90s', halfClose: '0', maxDuration: '0', drain: '30s' });
+  const routes = YAML.parse((await run(['--config', cfg, '--route', '127.0.0.1:9000=127.0.0.1:6379', '--print-config'])).stdout);
+  assert.deepEqual(routes.listeners, [{ name: 'route-0', kind: 'route', listen: '127.0.0.1:9000', upstream: '127.0.0.1:6379' }], 'listener flags replace the file listeners');
+  // The printed form is itself a valid config file.
+  const again = await run(['--config', file('printed.yaml', r.stdout), '--print-config']);
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(again.stdout, r.stdout);
+});
+
+test('bad config files: malformed YAML, an unknown key, a renamed key, a duration without a unit, an address without a port', async () => {
+  await Promise.all([
+    badInput(['--config', file('bad.yaml', 'listeners: [\n')], /bad\.yaml: not valid YAML: .*line 2, column 1$/m),
+    badInput(['--config', file('unknown.yaml', 'timeouts:\n  idel: 5s\n')], /unknown\.yaml: unknown key "timeouts\.idel"$/m),
+    badInput(['--config', file('renamed.yaml', 'idle_timeout: 5s\n')], /unknown key "idle_timeout"; use timeouts\.idle instead/),
+    badInput(['--config', file('nounit.yaml', 'timeouts:\n  idle: 30\n')], /nounit\.yaml: timeouts\.idle: expected a duration with a unit \(250ms, 30s, 1h\) or 0, got 30$/m),
+    badInput(
+      ['--config', file('noport.yaml', 'listeners:\n  - kind: route\n    listen: 127.0.0.1\n    upstream: 127.0.0.1:6379\n')],
+      /noport\.yaml: listeners\[0\]\.listen: expected HOST:PORT \(IPv6 as \[ADDR\]:PORT\), got "127\.0\.0\.1"$/m,
+    ),
+    badInput(['--config', path.join(dir, 'missing.yaml')], /--config: cannot read .*missing\.yaml: ENOENT$/m),
+  ]);
+});
+
+test('bad flags: unknown flag, duration without a unit, address without a port, no listeners', async () => {
+  await Promise.all([
+    badInput(['--bogus'], /^halfclose: proxy: unknown flag --bogus \(see `halfclose proxy --help`\)$/m),
+    badInput(['--route', '127.0.0.1:0=127.0.0.1:1', '--idle-timeout', '30'], /--idle-timeout: expected a duration with a unit \(250ms, 30s, 1h\) or 0, got "30"$/m),
+    badInput(['--route', '127.0.0.1:0=127.0.0.1:1', '--drain-timeout', '5 s'], /--drain-timeout: expected a duration with a unit/),
+    badInput(['--outbound', '127.0.0.1'], /--outbound: expected HOST:PORT \(IPv6 as \[ADDR\]:PORT\), got "127\.0\.0\.1"$/m),
+    badInput(['--route', '127.0.0.1:9000=127.0.0.1'], /--route UPSTREAM: expected HOST:PORT/),
+    badInput(['--route', '127.0.0.1:9000'], /--route: expected LISTEN=UPSTREAM/),
+    badInput(['--route', '127.0.0.1:0=127.0.0.1:1', '--buffer-limit', '1k'], /--buffer-limit: must be at least 16KiB/),
+    badInput(['--route', '127.0.0.1:0=127.0.0.1:1', '--log-level', 'loud'], /--log-level: expected debug, info, warn, error or silent, got "loud"/),
+    badInput(['--admin', 'off'], /no listeners; give --outbound, --inbound or --route/),
+    badInput(['--idle-timeout'], /^halfclose: proxy: .*--idle-timeout/m),
+  ]);
+});
+
+test('a port in use is one line naming the listener and address, exit 2', async () => {
+  const busy = net.createServer();
+  busy.listen(0, '127.0.0.1');
+  await once(busy, 'listening');
+  const port = (busy.address() as net.AddressInfo).port;
+  try {
+    await badInput(['--admin', 'off', '--route', `127.0.0.1:${port}=127.0.0.1:1`], new RegExp(`listener "route-0" cannot listen on 127\\.0\\.0\\.1:${port}: address already in use$`, 'm'));
+  } finally {
+    busy.close();
+  }
+});
+
+test('a real run: relays a connection, writes its access-log line to stdout, and exits 0 on SIGTERM', async (t) => {
+  const upstream = net.createServer({ allowHalfOpen: true }, (s) => {
+    let got = '';
+    s.on('data', (d) => (got += d));
+    s.on('end', () => s.end(`echo:${got}`));
+  });
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  t.after(() => upstream.close());
+  const upPort = (upstream.address() as net.AddressInfo).port;
+  const child = spawn(process.execPath, [BIN, 'proxy', '--admin', 'off', '--route', `127.0.0.1:0=127.0.0.1:${upPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = once(child, 'exit');
+  // The operational log (stderr) says where it listens; port 0 is resolved there.
+  const deadline = Date.now() + 15_000;
+  while (!/"msg":"listening"/.test(stderr)) {
+    assert.ok(Date.now() < deadline && child.exitCode === null, `proxy did not start: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const listening = JSON.parse(stderr.split('\n').find((l) => l.includes('"msg":"listening"'))!);
+  const port = Number(String(listening.listeners[0].address).split(':').pop());
+  const c = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await once(c, 'connect');
+  let reply = '';
+  c.on('data', (d) => (reply += d));
+  c.end('ping');
+  await once(c, 'end');
+  assert.equal(reply, 'echo:ping');
+  while (!stdout.includes('"connection closed"')) {
+    assert.ok(Date.now() < deadline, `no access-log line: ${stdout}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const entry = JSON.parse(stdout.split('\n').find((l) => l.includes('"connection closed"'))!);
+  assert.equal(entry.reason, 'both-fin');
+  assert.equal(entry.clientToServer.bytes, 4);
+  assert.equal(entry.serverToClient.bytes, 9);
+  assert.equal(entry.target.port, upPort);
+  child.kill('SIGTERM');
+  const [code] = await exited;
+  assert.equal(code, 0, stderr);
+  assert.match(stderr, /"msg":"drained; exiting"/);
+});
