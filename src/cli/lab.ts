@@ -41,6 +41,9 @@ Flags:
   --parallel N            sidecars run at once, each in its own namespaces. Default: all.
   --json                  print the result as JSON instead of the table.
   --report FILE.html      also write a self-contained HTML report with a step diagram per cell.
+  --keep                  leave each sidecar's namespaces up after its last scenario (sidecar, app
+                          and service still running), print the commands to look inside, and
+                          wait; Ctrl-C removes everything.
   --quiet                 no progress lines on stderr.
   -h, --help              this help.
 
@@ -56,6 +59,7 @@ const FLAGS: FlagSpec = {
   json: { type: 'boolean' },
   report: { type: 'string' },
   quiet: { type: 'boolean' },
+  keep: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 };
 
@@ -90,12 +94,23 @@ export async function run(argv: string[]): Promise<number> {
   if (process.getuid?.() !== 0) throw new UsageError('lab: needs root (it creates network namespaces and iptables rules); run it with sudo');
   const quiet = values.quiet === true;
   if (!quiet) process.stderr.write(`lab: ${scenarios.length} scenarios x ${sidecars.length} sidecars, conntrack CLOSE_WAIT ${closeWaitSec} s\n`);
-  const result = await runLab({ scenarios, sidecars, closeWaitSec, parallel, onCell: quiet ? undefined : (c) => process.stderr.write(`${formatProgress(c)}\n`) });
+  const keep = values.keep === true;
+  const result = await runLab({ scenarios, sidecars, closeWaitSec, parallel, keep, onCell: quiet ? undefined : (c) => process.stderr.write(`${formatProgress(c)}\n`) });
   if (report !== undefined) {
     const { renderReport } = await import('../lab/report.js');
     writeFileSync(report, renderReport(result));
     if (!quiet) process.stderr.write(`lab: report written to ${report}\n`);
   }
   process.stdout.write(values.json ? `${JSON.stringify(result, null, 2)}\n` : formatTable(result));
+  if (keep && result.kept.length > 0) {
+    const lines = ['', `lab: left up after "${scenarios.at(-1)}" — look inside, then press Ctrl-C to remove everything:`];
+    for (const k of result.kept) {
+      lines.push(`  ${k.sidecar}:`);
+      lines.push(`    ip netns exec ${k.pod} ss -tanoeip`, `    ip netns exec ${k.pod} conntrack -L`, `    ip netns exec ${k.pod} iptables -t nat -S`, `    ip netns exec ${k.svc} ss -tanoeip`);
+    }
+    process.stderr.write(`${lines.join('\n')}\n`);
+    // The topology's signal hook removes everything and exits; until then, keep the process alive.
+    await new Promise<never>(() => setInterval(() => {}, 1 << 30));
+  }
   return result.cells.some((c) => c.outcome === 'error') ? 1 : 0;
 }

@@ -29,6 +29,18 @@ export interface LabOptions {
   onCell?: (cell: CellResult) => void;
   /** Called once per sidecar topology, when it is up (names of its namespaces). */
   onTopology?: (sidecar: SidecarName, topo: PodTopology) => void;
+  /**
+   * Leave each topology up after its last scenario, sidecar and endpoints still running, and
+   * report it in `kept`; the process's exit hook (Ctrl-C) removes it. Default false.
+   */
+  keep?: boolean;
+}
+
+/** A topology left up by `keep`, to look inside. */
+export interface KeptTopology {
+  sidecar: SidecarName;
+  pod: string;
+  svc: string;
 }
 
 export interface LabResult {
@@ -50,7 +62,7 @@ function skippedCell(scenario: ScenarioName, sidecar: SidecarName, why: string):
   return { scenario, sidecar, outcome: 'skipped', verdict: `skipped: ${why}`, facts: [why], steps: [], durationMs: 0 };
 }
 
-async function runSidecar(name: SidecarName, o: LabOptions): Promise<CellResult[]> {
+async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]): Promise<CellResult[]> {
   const spec = SIDECARS[name];
   const missing = spec.missing();
   if (missing !== null) return o.scenarios.map((s) => skippedCell(s, name, missing));
@@ -60,6 +72,7 @@ async function runSidecar(name: SidecarName, o: LabOptions): Promise<CellResult[
   let app: Agent | undefined;
   let service: Agent | undefined;
   const cells: CellResult[] = [];
+  let keepIt = false;
   try {
     chownSync(dir, SIDECAR_UID, SIDECAR_UID);
     // The same rules `halfclose iptables install` writes (Istio's layout), outbound capture only.
@@ -77,7 +90,8 @@ async function runSidecar(name: SidecarName, o: LabOptions): Promise<CellResult[
         const bench: Bench = { topo, app, service, sidecar, closeWaitSec: o.closeWaitSec, nextConn };
         cell = await runScenario(scenario, bench);
         nextConn = bench.nextConn;
-        await sidecar.stop();
+        if (o.keep && scenario === o.scenarios.at(-1) && cell.outcome !== 'error') keepIt = true;
+        else await sidecar.stop();
       } catch (err) {
         cell = { scenario, sidecar: name, outcome: 'error', verdict: `lab error: ${(err as Error).message}`, facts: [(err as Error).message], steps: [], durationMs: 0 };
       }
@@ -85,22 +99,27 @@ async function runSidecar(name: SidecarName, o: LabOptions): Promise<CellResult[
       o.onCell?.(cell);
     }
   } finally {
-    app?.stop();
-    service?.stop();
-    topo.destroy();
-    rmSync(dir, { recursive: true, force: true });
-    liveDirs.delete(dir);
+    if (keepIt) {
+      kept.push({ sidecar: name, pod: topo.pod, svc: topo.svc });
+    } else {
+      app?.stop();
+      service?.stop();
+      topo.destroy();
+      rmSync(dir, { recursive: true, force: true });
+      liveDirs.delete(dir);
+    }
   }
   return cells;
 }
 
 /** Runs every requested scenario against every requested sidecar and collects the cells in matrix order. */
-export async function runLab(o: LabOptions): Promise<LabResult> {
+export async function runLab(o: LabOptions): Promise<LabResult & { kept: KeptTopology[] }> {
   const started = Date.now();
+  const kept: KeptTopology[] = [];
   const queue = [...o.sidecars];
   const results = new Map<SidecarName, CellResult[]>();
   const worker = async (): Promise<void> => {
-    for (let name = queue.shift(); name !== undefined; name = queue.shift()) results.set(name, await runSidecar(name, o));
+    for (let name = queue.shift(); name !== undefined; name = queue.shift()) results.set(name, await runSidecar(name, o, kept));
   };
   const parallel = Math.max(1, Math.min(o.parallel ?? o.sidecars.length, o.sidecars.length));
   await Promise.all(Array.from({ length: parallel }, worker));
@@ -118,5 +137,6 @@ export async function runLab(o: LabOptions): Promise<LabResult> {
       return { name, summary: s.summary, release: s.release, ...(skipped === null ? {} : { skipped }) };
     }),
     cells,
+    kept,
   };
 }
