@@ -8,7 +8,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { hasCommand } from '../../src/kernel/run.js';
@@ -101,7 +101,22 @@ backend service
   server s1 10.77.0.2:7777
 `;
 
-type Sidecar = { kind: 'envoy-like' } | { kind: 'haproxy' } | { kind: 'halfclose'; keepalive: string };
+/** nginx stream with proxy_half_close on and the default 10 min proxy_timeout (DESIGN.md §1). */
+const nginxCfg = (dir: string): string => `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+events { worker_connections 64; }
+stream {
+  server {
+    listen 127.0.0.1:15001;
+    proxy_pass 10.77.0.2:7777;
+    proxy_half_close on;
+  }
+}
+`;
+
+type Sidecar = { kind: 'envoy-like' } | { kind: 'haproxy' } | { kind: 'nginx' } | { kind: 'halfclose'; keepalive: string };
 
 /** Builds the pod, starts service, sidecar and app, and waits until the app has read the service's FIN. */
 async function halfClosedRun(t: TestContext, sidecar: Sidecar): Promise<{ topo: PodTopology; proxyPid: number; app: ReturnType<typeof nsNode>; appLocal: string; service: ReturnType<typeof nsNode>; stopProxy(): Promise<void> }> {
@@ -113,14 +128,19 @@ async function halfClosedRun(t: TestContext, sidecar: Sidecar): Promise<{ topo: 
   if (sidecar.kind === 'halfclose') {
     const proxy = await startNsProxy(topo, ['--outbound', '127.0.0.1:15001', '--keepalive', sidecar.keepalive]);
     child = proxy.child;
-  } else if (sidecar.kind === 'haproxy') {
+  } else if (sidecar.kind === 'haproxy' || sidecar.kind === 'nginx') {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'hc-scan-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
-    const cfg = path.join(dir, 'haproxy.cfg');
-    writeFileSync(cfg, HAPROXY_CFG);
+    const cfg = path.join(dir, `${sidecar.kind}.cfg`);
+    writeFileSync(cfg, sidecar.kind === 'haproxy' ? HAPROXY_CFG : nginxCfg(dir));
+    // The proxy runs as the sidecar uid and writes its pid file and log here.
+    chownSync(dir, PROXY_UID, PROXY_UID);
     chmodSync(dir, 0o755);
-    child = topo.spawn(topo.pod, 'haproxy', ['-db', '-f', cfg], { uid: PROXY_UID });
-    await waitFor('haproxy to listen on 15001', 15_000, async () => ((await topo.exec(topo.pod, 'ss', ['-Htln', 'sport = :15001'])).includes('15001') ? true : null));
+    child =
+      sidecar.kind === 'haproxy'
+        ? topo.spawn(topo.pod, 'haproxy', ['-db', '-f', cfg], { uid: PROXY_UID })
+        : topo.spawn(topo.pod, 'nginx', ['-c', cfg, '-e', path.join(dir, 'error.log')], { uid: PROXY_UID });
+    await waitFor(`${sidecar.kind} to listen on 15001`, 15_000, async () => ((await topo.exec(topo.pod, 'ss', ['-Htln', 'sport = :15001'])).includes('15001') ? true : null));
   } else {
     child = topo.spawn(topo.pod, process.execPath, ['--input-type=module', '-e', ENVOY_LIKE], { uid: PROXY_UID });
     await watch(child).waitLine(/^listening/);
@@ -214,28 +234,33 @@ test('an Envoy-like sidecar leaks; scan --netns reports exactly its two sockets 
   assert.match(after.stdout, /^CLEAN/m);
 });
 
-test('HAProxy (tcp mode, 1 h timeouts) leaks the same way; scan finds its two sockets by port, not by name', { skip: !hasCommand('haproxy') && 'haproxy is not installed (make setup)' }, async (t) => {
-  const run = await halfClosedRun(t, { kind: 'haproxy' });
-  const { topo } = run;
-  const { report } = await waitFor('the conntrack entry to expire and scan to report a leak', 30_000, async () => {
-    const s = await scanJson(['--netns', topo.pod]);
-    return s.report.summary.leakedConnections > 0 ? s : null;
+for (const [kind, title] of [
+  ['haproxy', 'HAProxy (tcp mode, 1 h timeouts)'],
+  ['nginx', 'nginx stream (proxy_half_close on, 10 min proxy_timeout)'],
+] as const) {
+  test(`${title} leaks the same way; scan finds its two sockets by port, not by name`, { skip: !hasCommand(kind) && `${kind} is not installed (make setup)` }, async (t) => {
+    const run = await halfClosedRun(t, { kind });
+    const { topo } = run;
+    const { report } = await waitFor('the conntrack entry to expire and scan to report a leak', 30_000, async () => {
+      const s = await scanJson(['--netns', topo.pod]);
+      return s.report.summary.leakedConnections > 0 ? s : null;
+    });
+    run.app.child.kill('SIGUSR2');
+    const after = await scanJson(['--netns', topo.pod]);
+    assert.equal(after.status, 1);
+    for (const r of [report, after.report]) {
+      assert.equal(r.findings.length, 1, JSON.stringify(r.findings, null, 1));
+      const f = r.findings[0]!;
+      assert.equal(f.verdict, 'leaked');
+      assert.equal(f.downstream.peer, run.appLocal);
+      assert.equal(f.downstream.process?.name, kind);
+      assert.equal(f.upstream?.state, 'CLOSE-WAIT');
+      assert.equal(f.upstream?.peer, `${topo.svcIp}:7777`);
+      assert.equal(f.upstream?.process?.pid, f.downstream.process?.pid);
+    }
+    assert.doesNotMatch(run.service.out(), /"ev":"eof"/);
   });
-  run.app.child.kill('SIGUSR2');
-  const after = await scanJson(['--netns', topo.pod]);
-  assert.equal(after.status, 1);
-  for (const r of [report, after.report]) {
-    assert.equal(r.findings.length, 1, JSON.stringify(r.findings, null, 1));
-    const f = r.findings[0]!;
-    assert.equal(f.verdict, 'leaked');
-    assert.equal(f.downstream.peer, run.appLocal);
-    assert.equal(f.downstream.process?.name, 'haproxy');
-    assert.equal(f.upstream?.state, 'CLOSE-WAIT');
-    assert.equal(f.upstream?.peer, `${topo.svcIp}:7777`);
-    assert.equal(f.upstream?.process?.name, 'haproxy');
-  }
-  assert.doesNotMatch(run.service.out(), /"ev":"eof"/);
-});
+}
 
 test('the same run with halfclose proxy and its conntrack guard never leaks: scan exits 0 and the app\'s late FIN arrives', async (t) => {
   const run = await halfClosedRun(t, { kind: 'halfclose', keepalive: 'auto' });
