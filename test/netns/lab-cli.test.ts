@@ -36,3 +36,10 @@ test('bad input: one line naming the flag, exit status 2', () => {
     assert.equal(r.out, '');
   }
 });
+
+test('not root: one line saying so, exit status 2, nothing created', () => {
+  const r = spawnSync('setpriv', ['--reuid=1337', '--regid=1337', '--clear-groups', '--', process.execPath, path.join(ROOT, 'dist/src/cli/main.js'), 'lab', '--scenario', 'seed'], { encoding: 'utf8' });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /^halfclose: lab: needs root/);
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+});
