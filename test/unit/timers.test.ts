@@ -1,0 +1,148 @@
+// Each timer ends exactly the connections it should, with its own close reason, and leaves the
+// others alone: idle (no bytes either way), half-close (half-closed and idle), max duration (age,
+// however busy). Timeouts are a second or more and the "busy" peers talk every 100 ms, so a loaded
+// machine does not blur which connection is which.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type net from 'node:net';
+import { connect, observe, sleep, startRouteProxy, startServer, waitFor, type LoggedConnection, type Observed } from '../helpers/proxy.js';
+
+interface Pair {
+  client: net.Socket;
+  server: net.Socket;
+  clientSaw: Promise<Observed>;
+  /** The proxy's connection id. */
+  id: number;
+}
+
+async function setup(timeouts: Record<string, string>) {
+  const accepted: net.Socket[] = [];
+  const up = await startServer((s) => {
+    s.on('error', () => {}); // resets are expected here; observe() reports the ones a test checks
+    accepted.push(s);
+  });
+  const px = await startRouteProxy(up.port, { timeouts });
+  const pairs: Pair[] = [];
+  const open = async (): Promise<Pair> => {
+    const n = accepted.length;
+    const client = await connect(px.port);
+    const clientSaw = observe(client);
+    await waitFor(() => accepted.length > n, 5000, 'upstream accept');
+    const id = Math.max(...[...px.proxy.registry.all()].map((c) => c.id));
+    const p = { client, server: accepted[n]!, clientSaw, id };
+    pairs.push(p);
+    return p;
+  };
+  const entry = (p: Pair): LoggedConnection | undefined => px.log.find((e) => e.id === p.id);
+  const live = (p: Pair): boolean => px.proxy.registry.get(p.id) !== undefined;
+  /** Sends a byte each way every 100 ms until stopped: never idle. */
+  const busy = (p: Pair): (() => void) => {
+    const t = setInterval(() => {
+      if (!p.client.writableEnded) p.client.write('.');
+      if (!p.server.writableEnded && !p.server.destroyed) p.server.write('.');
+    }, 100);
+    return () => clearInterval(t);
+  };
+  const cleanup = async (): Promise<void> => {
+    for (const p of pairs) {
+      p.client.destroy();
+      p.server.destroy();
+    }
+    await px.close();
+    await up.close();
+  };
+  return { px, open, entry, live, busy, cleanup };
+}
+
+/** A server socket that has already read EOF is not reading: the proxy's RST shows on its next write. */
+async function writeFails(s: net.Socket): Promise<string> {
+  return new Promise((resolve) => {
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    const again = setInterval(() => {
+      if (s.destroyed) return;
+      s.write('x');
+    }, 50);
+    s.once('close', () => clearInterval(again));
+  });
+}
+
+test('idle timeout ends the silent connection with idle-timeout, resets both peers, spares the busy one', async (t) => {
+  const h = await setup({ idle: '1s' });
+  t.after(h.cleanup);
+  const silent = await h.open();
+  const talky = await h.open();
+  const serverSaw = observe(silent.server);
+  const stop = h.busy(talky);
+  await waitFor(() => h.entry(silent) !== undefined, 10_000, 'the silent connection to expire');
+  assert.equal(h.entry(silent)!.reason, 'idle-timeout');
+  assert.equal((await silent.clientSaw).end, 'reset', 'the client is reset, not sent a FIN');
+  assert.equal((await serverSaw).end, 'reset', 'the upstream is reset too');
+  // Twice the timeout later the busy connection is still there.
+  await sleep(2000);
+  assert.ok(h.live(talky), 'the busy connection was ended');
+  stop();
+  talky.client.end();
+  talky.server.end();
+  await waitFor(() => h.entry(talky) !== undefined, 5000, 'the busy connection to close');
+  assert.equal(h.entry(talky)!.reason, 'both-fin');
+  assert.deepEqual(h.px.log.map((e) => e.reason).sort(), ['both-fin', 'idle-timeout']);
+});
+
+test('half-close timeout ends only half-closed connections that are idle, with half-close-timeout', async (t) => {
+  const h = await setup({ idle: '0', halfClose: '1s' });
+  t.after(h.cleanup);
+  const openIdle = await h.open(); // established and silent: no timer applies (idle is off)
+  const halfIdle = await h.open(); // client FIN, then nothing
+  const halfBusy = await h.open(); // client FIN, the server keeps sending
+  halfIdle.client.end();
+  halfBusy.client.end();
+  const stop = h.busy(halfBusy);
+  await waitFor(() => h.entry(halfIdle) !== undefined, 10_000, 'the idle half-closed connection to expire');
+  const e = h.entry(halfIdle)!;
+  assert.equal(e.reason, 'half-close-timeout');
+  assert.equal((e.clientToServer as { state: string }).state, 'fin-forwarded', 'the client FIN had been forwarded');
+  assert.equal((await halfIdle.clientSaw).end, 'reset', 'the half-closed client is reset');
+  assert.match(await writeFails(halfIdle.server), /^(ECONNRESET|EPIPE)$/, 'the upstream was reset');
+  await sleep(2000);
+  assert.ok(h.live(openIdle), 'an established connection was ended by the half-close timer');
+  assert.ok(h.live(halfBusy), 'a half-closed connection still carrying bytes was ended');
+  stop();
+  halfBusy.server.end();
+  openIdle.client.end();
+  openIdle.server.end();
+  await h.px.closed(3);
+  assert.deepEqual(h.px.log.map((x) => [x.id, x.reason]).sort(), [
+    [openIdle.id, 'both-fin'],
+    [halfIdle.id, 'half-close-timeout'],
+    [halfBusy.id, 'both-fin'],
+  ].sort());
+});
+
+test('max duration ends a busy connection at its age, with max-duration; each connection has its own clock', async (t) => {
+  const h = await setup({ idle: '0', maxDuration: '1500ms' });
+  t.after(h.cleanup);
+  const first = await h.open();
+  const stopFirst = h.busy(first);
+  const quick = await h.open();
+  quick.client.end();
+  quick.server.end();
+  await sleep(800);
+  const second = await h.open(); // opened 800 ms later: its deadline is 800 ms after the first's
+  const stopSecond = h.busy(second);
+  await waitFor(() => h.entry(first) !== undefined, 10_000, 'the first connection to reach its max duration');
+  assert.equal(h.entry(first)!.reason, 'max-duration');
+  assert.equal(h.entry(quick)!.reason, 'both-fin');
+  assert.equal((await first.clientSaw).end, 'reset');
+  const startedFirst = Date.parse(h.entry(first)!.startedAt as string);
+  const closedFirst = Date.parse(h.entry(first)!.closedAt as string);
+  assert.ok(closedFirst - startedFirst >= 1500, `ended after ${closedFirst - startedFirst} ms, before its max duration`);
+  assert.ok(h.live(second), "the second connection ended on the first one's clock");
+  await waitFor(() => h.entry(second) !== undefined, 10_000, 'the second connection to reach its max duration');
+  stopFirst();
+  stopSecond();
+  const e2 = h.entry(second)!;
+  assert.equal(e2.reason, 'max-duration');
+  assert.ok(Date.parse(e2.closedAt as string) - Date.parse(e2.startedAt as string) >= 1500);
+  assert.ok((e2.clientToServer as { bytes: number }).bytes > 0, 'the connection was busy until the end');
+});
