@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +13,14 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = [path.resolve(HERE, '../../..'), path.resolve(HERE, '../..')].find((d) => existsSync(path.join(d, 'bin/halfclose')))!;
 const BIN = path.join(ROOT, 'bin/halfclose');
 const fixture = (name: string): string => readFileSync(path.join(ROOT, 'test/fixtures/iptables', name), 'utf8');
+
+/** True when a user other than the owner can reach and read `file` (a clone under /root may not be). */
+function othersCanRead(file: string): boolean {
+  for (let d = path.dirname(file); d !== path.dirname(d); d = path.dirname(d)) {
+    if ((statSync(d).mode & 0o001) === 0) return false;
+  }
+  return (statSync(file).mode & 0o004) !== 0;
+}
 
 function halfclose(args: string[], opts: SpawnSyncOptions = {}): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [BIN, 'iptables', ...args], { encoding: 'utf8', timeout: 20_000, ...opts });
@@ -39,7 +47,8 @@ test('print shows the plan, needs no root and no iptables', () => {
   // As nobody, with no iptables on PATH: print is pure.
   const empty = mkdtempSync(path.join(tmpdir(), 'hc-nopath-'));
   try {
-    const asNobody: SpawnSyncOptions = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+    const files = [BIN, path.join(ROOT, 'dist/src/cli/main.js'), path.join(ROOT, 'dist/src/netfilter/apply.js')];
+    const asNobody: SpawnSyncOptions = process.getuid?.() === 0 && files.every(othersCanRead) ? { uid: 65534, gid: 65534 } : {};
     const r = halfclose(['print'], { ...asNobody, env: { PATH: empty } });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, `# halfclose iptables plan, IPv4: input of iptables-restore --noflush\n${fixture('default.v4.rules')}`);
