@@ -58,6 +58,21 @@ process.on('exit', () => {
   for (const d of liveDirs) rmSync(d, { recursive: true, force: true });
 });
 
+/** halfclose's access log: one JSON line per closed connection, with the reason it ended. */
+function closeReasons(output: string): string[] {
+  const facts: string[] = [];
+  for (const line of output.split('\n')) {
+    if (!line.includes('"connection closed"')) continue;
+    try {
+      const rec = JSON.parse(line) as { reason?: string; client?: unknown };
+      if (rec.reason) facts.push(`the sidecar's access log: connection closed, reason ${rec.reason}`);
+    } catch {
+      /* not a log line */
+    }
+  }
+  return facts;
+}
+
 function skippedCell(scenario: ScenarioName, sidecar: SidecarName, why: string): CellResult {
   return { scenario, sidecar, outcome: 'skipped', verdict: `skipped: ${why}`, facts: [why], steps: [], durationMs: 0 };
 }
@@ -90,6 +105,7 @@ async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]
         const bench: Bench = { topo, app, service, sidecar, closeWaitSec: o.closeWaitSec, nextConn };
         cell = await runScenario(scenario, bench);
         nextConn = bench.nextConn;
+        cell.facts.push(...closeReasons(sidecar.output()));
         if (o.keep && scenario === o.scenarios.at(-1) && cell.outcome !== 'error') keepIt = true;
         else await sidecar.stop();
       } catch (err) {
