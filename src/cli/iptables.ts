@@ -33,9 +33,11 @@ Options (install and print):
   --proxy-uid ID[,ID]        uid(s) of the proxy; their traffic is never captured. Default 1337.
   --proxy-gid ID[,ID]        gid(s) of the proxy, likewise. Default 1337.
   --outbound-port PORT       the proxy's --outbound listener port. Default 15001.
-  --inbound-port PORT        the proxy's --inbound listener port. Default 15006. The REDIRECT
-                             sends inbound connections to the receiving interface's address, so
-                             listen on a wildcard: --inbound [::]:15006 (IPv4 and IPv6).
+  --inbound-port PORT        the proxy's --inbound listener port. Default 15006. Listen on
+                             --inbound 0.0.0.0:15006: connections from other hosts arrive at the
+                             pod's address, the proxy's own calls to its pod address at 127.0.0.1.
+                             IPv6 inbound needs a listener whose upstream source is ::6
+                             (docs/iptables.md shows the config).
   --inbound-ports LIST       inbound destination ports to capture: * (default: all) or a comma
                              list; an empty value ('') captures no inbound traffic.
   --exclude-inbound-ports LIST   inbound ports never captured (e.g. 22). Default none.

@@ -11,7 +11,7 @@ import { applyInterception, openNetfilter, removeInterception, install } from '.
 import { resolveOptions } from '../../src/netfilter/options.js';
 import { planInterception } from '../../src/netfilter/plan.js';
 import { installScript, normaliseSave, parseSave } from '../../src/netfilter/reconcile.js';
-import { BIN, nsNode, startNsProxy, topology } from '../helpers/netns.js';
+import { BIN, nsNode, startNsProxy, topology, watch } from '../helpers/netns.js';
 
 async function netns(t: TestContext): Promise<string> {
   const name = uniqueName(`hcipt${process.pid % 1000}`);
@@ -184,7 +184,7 @@ test('real connections: outbound and inbound through the proxy, IPv4 and IPv6; e
   const app = nsNode(topo, topo.pod, SERVERS, ['8080,8081', '::']);
   await svc.waitLine(/listening/);
   await app.waitLine(/listening/);
-  const proxy = await startNsProxy(topo, ['--outbound', '127.0.0.1:15001', '--outbound', '[::1]:15001', '--inbound', `${topo.podIp}:15006`]);
+  const proxy = await startNsProxy(topo, ['--outbound', '127.0.0.1:15001', '--outbound', '[::1]:15001', '--inbound', '0.0.0.0:15006']);
   t.after(() => proxy.stop());
   // IPv6 inbound upstream connections must come from ::6 (the rule that lets them through).
   const proxy6 = await startNsProxy(topo, ['--inbound', `[${topo.podIp6}]:15006`, '--upstream-source', '::6']);
@@ -213,15 +213,23 @@ test('real connections: outbound and inbound through the proxy, IPv4 and IPv6; e
   // Inbound, captured: the app sees the proxy's inbound source (127.0.0.6 / ::6).
   assert.equal(peerAddr((await connect(topo.svc, topo.podIp, 8080)).got), '::ffff:127.0.0.6');
   assert.equal(peerAddr((await connect(topo.svc, topo.podIp6, 8080)).got), '::6');
+  // The proxy's own uid calling the pod's address: redirected to the inbound listener (on
+  // 127.0.0.1, where REDIRECT sends local traffic), which reaches the app from 127.0.0.6.
+  const asProxy = topo.spawn(topo.pod, process.execPath, ['--input-type=module', '-e', CLIENT, topo.podIp, '8080'], { uid: 1337 });
+  const ownLine = JSON.parse(await watch(asProxy).waitLine(/^\{/));
+  assert.equal(peerAddr(ownLine.got), '::ffff:127.0.0.6', JSON.stringify(ownLine));
+  // Any other uid calling the pod's address stays local (not captured).
+  const local = await connect(topo.pod, topo.podIp, 8080);
+  assert.equal(peerPort(local.got), local.localPort);
   // Inbound, excluded port: the app sees the client itself.
   assert.equal(peerAddr((await connect(topo.svc, topo.podIp, 8081)).got), `::ffff:${topo.svcIp}`);
 
   const closed = (p: { output(): string }): { kind?: string; listener?: string; reason: string; originalDst: { host: string; port: number } }[] =>
     p.output().split('\n').filter((l) => l.includes('"connection closed"')).map((l) => JSON.parse(l));
-  await waitUntil(() => closed(proxy).length >= 3 && closed(proxy6).length >= 1, () => `four access-log lines in:\n${proxy.output()}\n${proxy6.output()}`);
+  await waitUntil(() => closed(proxy).length >= 4 && closed(proxy6).length >= 1, () => `five access-log lines in:\n${proxy.output()}\n${proxy6.output()}`);
   const seen = [...closed(proxy), ...closed(proxy6)].map((l) => `${l.originalDst.host}:${l.originalDst.port}`).sort();
   // Exactly the captured connections, each once: the proxy's own upstream connections were not captured again.
-  assert.deepEqual(seen, [`${topo.podIp}:8080`, `${topo.svcIp}:7777`, `${topo.podIp6}:8080`, `${topo.svcIp6}:7777`].sort());
+  assert.deepEqual(seen, [`${topo.podIp}:8080`, `${topo.podIp}:8080`, `${topo.svcIp}:7777`, `${topo.podIp6}:8080`, `${topo.svcIp6}:7777`].sort());
   assert.ok([...closed(proxy), ...closed(proxy6)].every((l) => l.reason === 'both-fin'), proxy.output());
 });
 
