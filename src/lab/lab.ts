@@ -49,7 +49,7 @@ export interface LabResult {
   closeWaitSec: number;
   durationMs: number;
   scenarios: { name: ScenarioName; summary: string }[];
-  sidecars: { name: SidecarName; summary: string; release: string; skipped?: string }[];
+  sidecars: { name: SidecarName; summary: string; release: string; skipped?: string; commandLine?: string; config?: string }[];
   cells: CellResult[];
 }
 
@@ -77,7 +77,10 @@ function skippedCell(scenario: ScenarioName, sidecar: SidecarName, why: string):
   return { scenario, sidecar, outcome: 'skipped', verdict: `skipped: ${why}`, facts: [why], steps: [], durationMs: 0 };
 }
 
-async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]): Promise<CellResult[]> {
+/** How each sidecar was run (command line, generated config), as the report shows it. */
+type Invocation = { commandLine: string; config: string | null };
+
+async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[], invocations: Map<SidecarName, Invocation>): Promise<CellResult[]> {
   const spec = SIDECARS[name];
   const missing = spec.missing();
   if (missing !== null) return o.scenarios.map((s) => skippedCell(s, name, missing));
@@ -102,6 +105,7 @@ async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]
       let cell: CellResult;
       try {
         const sidecar = await startSidecar(topo, spec, dir, { host: topo.svcIp, port: SERVICE_PORT });
+        invocations.set(name, { commandLine: sidecar.commandLine, config: sidecar.config });
         const bench: Bench = { topo, app, service, sidecar, closeWaitSec: o.closeWaitSec, nextConn };
         cell = await runScenario(scenario, bench);
         nextConn = bench.nextConn;
@@ -132,10 +136,11 @@ async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]
 export async function runLab(o: LabOptions): Promise<LabResult & { kept: KeptTopology[] }> {
   const started = Date.now();
   const kept: KeptTopology[] = [];
+  const invocations = new Map<SidecarName, Invocation>();
   const queue = [...o.sidecars];
   const results = new Map<SidecarName, CellResult[]>();
   const worker = async (): Promise<void> => {
-    for (let name = queue.shift(); name !== undefined; name = queue.shift()) results.set(name, await runSidecar(name, o, kept));
+    for (let name = queue.shift(); name !== undefined; name = queue.shift()) results.set(name, await runSidecar(name, o, kept, invocations));
   };
   const parallel = Math.max(1, Math.min(o.parallel ?? o.sidecars.length, o.sidecars.length));
   await Promise.all(Array.from({ length: parallel }, worker));
@@ -150,7 +155,14 @@ export async function runLab(o: LabOptions): Promise<LabResult & { kept: KeptTop
     sidecars: o.sidecars.map((name) => {
       const s = SIDECARS[name];
       const skipped = s.missing();
-      return { name, summary: s.summary, release: s.release, ...(skipped === null ? {} : { skipped }) };
+      const inv = invocations.get(name);
+      return {
+        name,
+        summary: s.summary,
+        release: s.release,
+        ...(skipped === null ? {} : { skipped }),
+        ...(inv ? { commandLine: inv.commandLine, ...(inv.config === null ? {} : { config: inv.config }) } : {}),
+      };
     }),
     cells,
     kept,

@@ -156,7 +156,12 @@ export function renderReport(r: LabResult): string {
     })
     .join('\n');
   const sidecars = r.sidecars
-    .map((s) => `<li><b>${esc(s.name)}</b>: ${esc(s.summary)}; frees a half-closed connection on: ${esc(s.release)}${s.skipped ? ` — <i>skipped: ${esc(s.skipped)}</i>` : ''}</li>`)
+    .map((s) => {
+      const how = s.commandLine
+        ? `<details><summary>command line${s.config ? ' and generated config' : ''}</summary><pre>${esc(s.commandLine)}</pre>${s.config ? `<pre>${esc(s.config)}</pre>` : ''}</details>`
+        : '';
+      return `<li><b>${esc(s.name)}</b>: ${esc(s.summary)}; frees a half-closed connection on: ${esc(s.release)}${s.skipped ? ` — <i>skipped: ${esc(s.skipped)}</i>` : ''}${how}</li>`;
+    })
     .join('');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>halfclose lab report</title>

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PodTopology } from '../kernel/topology.js';
-import { hasCommand, run } from '../kernel/run.js';
+import { commandLine, hasCommand, run } from '../kernel/run.js';
 import { HalfcloseError } from '../errors.js';
 
 export const SIDECAR_NAMES = ['halfclose', 'envoy-like', 'haproxy', 'haproxy-fin', 'nginx', 'socat'] as const;
@@ -161,6 +161,9 @@ export const SIDECARS: Record<SidecarName, SidecarSpec> = {
 
 export interface RunningSidecar {
   spec: SidecarSpec;
+  /** The command line as run (its work directory shown as `<workdir>`), and its generated config file. */
+  commandLine: string;
+  config: string | null;
   /** What it printed (stdout and stderr), for the report and error messages. */
   output(): string;
   /** Kills every process of the sidecar uid in the pod namespace (socat forks one per connection). */
@@ -191,6 +194,9 @@ async function listening(topo: PodTopology): Promise<boolean> {
 /** Starts the sidecar and waits until it listens on SIDECAR_PORT. */
 export async function startSidecar(topo: PodTopology, spec: SidecarSpec, dir: string, service: { host: string; port: number }): Promise<RunningSidecar> {
   const { cmd, args } = spec.command(dir, service);
+  const cfgFlag = args.findIndex((a) => a === '-f' || a === '-c');
+  const config = cfgFlag >= 0 ? readFileSync(args[cfgFlag + 1]!, 'utf8').split(dir).join('<workdir>') : null;
+  const shown = commandLine(cmd, args).split(dir).join('<workdir>');
   const child = topo.spawn(topo.pod, cmd, args, { uid: SIDECAR_UID, cwd: dir });
   let out = '';
   child.stdout?.on('data', (c: Buffer) => (out += c.toString('utf8')));
@@ -218,5 +224,5 @@ export async function startSidecar(topo: PodTopology, spec: SidecarSpec, dir: st
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { spec, output: () => out, stop };
+  return { spec, commandLine: shown, config, output: () => out, stop };
 }
