@@ -5,7 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { resolveConfig, type FileConfig } from '../../src/config/schema.js';
 import { CLOSE_WAIT_SYSCTL, KERNEL_SETTINGS, sysctlPath, type KernelSettings } from '../../src/kernel/conntrack-settings.js';
@@ -149,6 +151,27 @@ test('CLI --json reads this namespace\'s real settings; the exit status follows 
   const er = JSON.parse(e.stdout) as DoctorReport;
   assert.equal(er.leakPossible, readHere(CLOSE_WAIT_SYSCTL) !== null);
   assert.equal(e.status, er.leakPossible ? 1 : 0);
+});
+
+test('CLI --config judges halfclose with that file: keepalive off and no idle timeout leak forever where conntrack is loaded', (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'hc-doctor-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'halfclose.yaml');
+  writeFileSync(file, 'keepalive:\n  halfClosed: "off"\ntimeouts:\n  idle: "0"\n');
+  const r = doctor('--config', file, '--json');
+  const report = JSON.parse(r.stdout) as DoctorReport;
+  assert.equal(report.target.description, `halfclose (${file}: --keepalive off, idle timeout 0)`);
+  assert.equal(report.guard?.halfClosed, null);
+  const conntrack = readHere(CLOSE_WAIT_SYSCTL) !== null;
+  assert.equal(report.leakPossible, conntrack);
+  if (conntrack) assert.match(report.verdict, /leaks two sockets forever/);
+  assert.equal(r.status, conntrack ? 1 : 0);
+  // A key the schema does not know is one line and exit 2, naming the file.
+  writeFileSync(file, 'keepalive:\n  halfclosed: "off"\n');
+  const bad = doctor('--config', file);
+  assert.equal(bad.status, 2);
+  assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
+  assert.ok(bad.stderr.includes(file), bad.stderr);
 });
 
 test('CLI: bad usage is one line and exit status 2; --help is truthful', () => {
