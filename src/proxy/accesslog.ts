@@ -12,7 +12,7 @@ export interface AccessLog {
 export function createAccessLog(target: string): AccessLog {
   if (target === 'off') return { write() {}, flush() {} };
   const dest = pino.destination({ dest: target === 'stdout' ? 1 : target, sync: target === 'stdout', mkdir: true });
-  const log: Logger = pino({ base: undefined, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg' }, dest);
+  const log: Logger = pino({ base: undefined, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg', formatters: { level: (label) => ({ level: label }) } }, dest);
   return {
     write(conn) {
       log.info(conn.toJSON(conn.closedAt), 'connection closed');
