@@ -2,6 +2,7 @@
 // Debian packages (HAProxy, nginx stream, socat) with generated configs. Each runs in the pod
 // namespace under the sidecar uid and listens where the interception rule sends the app's traffic.
 
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -52,12 +53,29 @@ export function halfcloseBin(): string {
   throw new HalfcloseError('HC_ERR_LAB', 'cannot find the halfclose checkout (package.json) above the lab module');
 }
 
+/** True when SIDECAR_UID can read `file` (every directory above it searchable): a checkout under /root is not. */
+export function readableBySidecar(file: string): boolean {
+  const r = spawnSync('setpriv', [`--reuid=${SIDECAR_UID}`, `--regid=${SIDECAR_UID}`, '--clear-groups', '--', 'test', '-r', file]);
+  return r.status === 0;
+}
+
+/** Why halfclose itself cannot run as the sidecar here, or null. */
+function halfcloseMissing(): string | null {
+  let main: string;
+  try {
+    main = halfcloseBin();
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return readableBySidecar(main) ? null : `uid ${SIDECAR_UID} cannot read ${main}: the checkout must be readable by the sidecar uid (chmod o+rX on it and the directories above it)`;
+}
+
 function halfclose(name: SidecarName, summary: string, release: string, extra: string[]): SidecarSpec {
   return {
     name,
     summary,
     release,
-    missing: () => null,
+    missing: halfcloseMissing,
     command: () => ({
       cmd: process.execPath,
       args: [halfcloseBin(), 'proxy', '--outbound', `127.0.0.1:${SIDECAR_PORT}`, '--admin', 'off', '--log-level', 'warn', ...extra],
