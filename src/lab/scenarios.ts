@@ -165,6 +165,10 @@ function windowMs(b: Bench): number {
 
 /** The app closes (after an optional late message); measures what reached the service and what the sidecar still holds. */
 async function appCloses(b: Bench, rec: Recorder, conn: Conn, late: string | null): Promise<{ held: number; heldForMs: number; delivered: boolean | null }> {
+  // The previous step's snapshot is the state just before: did a sidecar process still hold its
+  // socket towards the app (haproxy-fin and socat have closed theirs by now)?
+  const wasOpen = rec.steps.at(-1)?.snapshot.sidecarDown?.owner !== undefined;
+  const svcFrom = b.service.events.length;
   if (late !== null) b.app.command({ op: 'send', conn: conn.id, data: late });
   b.app.command({ op: 'end', conn: conn.id });
   const started = Date.now();
@@ -174,17 +178,21 @@ async function appCloses(b: Bench, rec: Recorder, conn: Conn, late: string | nul
   if (late !== null && !delivered()) await b.service.waitFor(() => delivered(), 500);
   const heldForMs = Date.now() - started;
   const snap = await snapshot(b.topo, conn.ports, rec.t0);
-  const fin = snap.sidecarDown === null || snap.sidecarDown.state !== 'FIN-WAIT-2';
+  // The app's FIN reached the sidecar if its socket towards the app left FIN-WAIT-2.
+  const fin = wasOpen && (snap.sidecarDown === null || snap.sidecarDown.state !== 'FIN-WAIT-2');
+  const finForwarded = b.service.events.slice(svcFrom).some((e) => e.ev === 'eof' && e.conn === conn.svcId);
   const got = late === null ? null : delivered();
   const arrows: Arrow[] = [];
   if (late !== null) arrows.push({ from: 'app', to: 'sidecar', label: `"${late}"`, lost: !got });
-  arrows.push({ from: 'app', to: 'sidecar', label: 'FIN', lost: !fin });
+  arrows.push({ from: 'app', to: 'sidecar', label: wasOpen ? 'FIN' : 'FIN (the sidecar had closed)', lost: !fin });
   if (late !== null && got) arrows.push({ from: 'sidecar', to: 'service', label: `"${late}"` });
-  if (serviceEof()) arrows.push({ from: 'sidecar', to: 'service', label: 'FIN' });
+  if (finForwarded) arrows.push({ from: 'sidecar', to: 'service', label: 'FIN' });
   const notes = [
     snap.sidecarHeld > 0 ? `the sidecar still holds ${snap.sidecarHeld} sockets ${secs(heldForMs)} after the app's FIN` : 'the sidecar holds no socket',
     ...(late === null ? [] : [got ? 'the service received the late message' : 'the service never received the late message']),
-    ...(fin ? [] : ['the app\'s FIN never reached the sidecar (no conntrack entry to un-NAT it)']),
+    ...(fin
+      ? []
+      : [wasOpen ? "the app's FIN never reached the sidecar (no conntrack entry to un-NAT it)" : 'the sidecar had already closed its side: nothing was left to receive the app\'s data and FIN']),
   ];
   const title = late === null ? 'the app closes: a bare FIN' : `the app sends "${late}", then its FIN`;
   rec.steps.push({ title, arrows, notes, snapshot: snap });
@@ -260,7 +268,20 @@ const RUNS: Record<ScenarioName, Run> = {
     const freed = await watchRelease(b, b.closeWaitSec * 2000 + 2000);
     const probeNote = freed === null ? 'the sidecar still holds its sockets' : `the sidecar released its sockets ${secs(freed)} after the flush`;
     rec.facts.push(probeNote);
-    await rec.step(`the app idles ${b.closeWaitSec * 2 + 2} s`, conn, freed === null ? [] : [{ from: 'sidecar', to: 'app', label: 'keepalive / close' }], [probeNote]);
+    // halfclose's access log names why it closed; a keepalive-dead close means a probe went out
+    // un-NATed, met no socket at the app's address and came back as an RST.
+    const probed = /"reason":"keepalive-dead"/.test(b.sidecar.output());
+    const arrows: Arrow[] =
+      freed === null
+        ? []
+        : probed
+          ? [
+              { from: 'sidecar', to: 'app', label: 'keepalive probe (no entry: not un-NATed)' },
+              { from: 'app', to: 'sidecar', label: 'RST (no such socket)' },
+            ]
+          : [{ from: 'sidecar', to: 'app', label: 'closes on its own timer' }];
+    const idleTitle = freed === null ? `the app idles ${b.closeWaitSec * 2 + 2} s; the sidecar keeps its sockets` : `the app idles; the sidecar lets go of its sockets ${secs(freed)} after the flush`;
+    await rec.step(idleTitle, conn, arrows, [probeNote, ...(probed ? ['closed by the sidecar: keepalive-dead'] : [])]);
     const r = await appCloses(b, rec, conn, null);
     if (r.held > 0) {
       rec.facts.push(`expected release: ${b.sidecar.spec.release}`);
