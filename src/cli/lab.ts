@@ -48,7 +48,7 @@ Flags:
   -h, --help              this help.
 
 Exit status: 0 when the lab ran (whatever the verdicts), 1 when a cell could not run (lab error),
-2 on bad input or a missing system tool.
+2 on bad input, without root or when a system tool is missing, 130 after Ctrl-C.
 `;
 
 const FLAGS: FlagSpec = {
