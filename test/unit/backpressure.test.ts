@@ -1,0 +1,105 @@
+// A slow reader behind 200 MB: the proxy stops reading from the fast side while the slow side's
+// unsent bytes are over the buffer limit, so what it holds for a connection stays near the limit
+// (1 MiB by default) however much is pushed at it. Measured as bytes pending in the proxy's own
+// sockets (the upstream socket's writableLength plus what the client socket has read but not
+// handed on), sampled every few ms, not as wall time; the process's RSS is checked loosely too.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import type net from 'node:net';
+import { connect, sleep, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
+
+const TOTAL = 200 * 1024 * 1024;
+const BLOCK = randomBytes(1024 * 1024); // 200 copies of one random MiB, hashed as a stream
+const LIMIT = 1 << 20;
+// The pump pauses once the destination holds >= LIMIT; on top come the chunk that crossed it
+// (<= 64 KiB, the read size) and what the paused client socket has read ahead (its 16 KiB
+// high-water mark plus the 64 KiB read that crossed it). Measured peak: LIMIT + 128 KiB.
+const BOUND = LIMIT + 256 * 1024;
+
+test('a slow reader behind 200 MB keeps the bytes the proxy holds under the buffer limit', { timeout: 120_000 }, async (t) => {
+  let server: net.Socket | null = null;
+  let client: net.Socket | null = null;
+  const up = await startServer((s) => {
+    server = s;
+    s.pause();
+  });
+  const px = await startRouteProxy(up.port, { bufferLimit: LIMIT });
+  t.after(async () => {
+    // A paused socket does not notice a reset: destroy our peers, or server.close() waits forever.
+    server?.destroy();
+    client?.destroy();
+    await px.close();
+    await up.close();
+  });
+  client = await connect(px.port);
+  await waitFor(() => server !== null, 5000, 'upstream accept');
+  const srv = server! as net.Socket;
+  const conn = [...px.proxy.registry.all()][0]!;
+  const held = (): number => (conn.upstream?.writableLength ?? 0) + conn.client.readableLength;
+
+  // The client writes as fast as the proxy accepts, honouring its own backpressure.
+  const sentHash = createHash('sha256');
+  let sent = 0;
+  const writer = (async () => {
+    while (sent < TOTAL) {
+      sentHash.update(BLOCK);
+      sent += BLOCK.length;
+      if (!client.write(BLOCK)) await new Promise((r) => client.once('drain', r));
+    }
+    client.end();
+  })();
+
+  let maxHeld = 0;
+  let pausedSeen = 0;
+  const sampler = setInterval(() => {
+    maxHeld = Math.max(maxHeld, held());
+    if (conn.c2s.paused) pausedSeen++;
+  }, 5);
+  const rssBefore = process.memoryUsage().rss;
+  let maxRss = rssBefore;
+
+  // Phase 1: the reader reads nothing. The proxy must stop reading the client, not buffer.
+  await waitFor(() => conn.c2s.paused, 10_000, 'the proxy to pause reading the client');
+  await sleep(500);
+  const stalledAt = conn.c2s.bytes;
+  await sleep(500);
+  assert.equal(conn.c2s.bytes, stalledAt, 'the proxy kept reading the client while the upstream was not draining');
+  assert.ok(held() <= BOUND, `held ${held()} bytes with the reader stopped`);
+  assert.ok(sent < TOTAL, 'the client could push everything: nothing was held back');
+
+  // Phase 2: the reader reads in bursts with pauses in between, until all 200 MB are through.
+  const gotHash = createHash('sha256');
+  let got = 0;
+  srv.on('data', (c: Buffer) => {
+    gotHash.update(c);
+    got += c.length;
+  });
+  const ended = new Promise<void>((r) => srv.once('end', () => r()));
+  let reading = true;
+  const slow = setInterval(() => {
+    reading = !reading;
+    if (reading) srv.resume();
+    else srv.pause();
+    maxRss = Math.max(maxRss, process.memoryUsage().rss);
+  }, 20);
+  srv.resume();
+  await ended;
+  clearInterval(slow);
+  clearInterval(sampler);
+  await writer;
+
+  assert.equal(got, TOTAL);
+  assert.equal(gotHash.digest('hex'), sentHash.digest('hex'), 'sha256 of the 200 MB');
+  assert.ok(maxHeld <= BOUND, `the proxy held up to ${maxHeld} bytes for the connection (bound ${BOUND})`);
+  assert.ok(maxHeld >= LIMIT / 2, `sampling saw at most ${maxHeld} bytes held: the measurement is not seeing the buffer`);
+  assert.ok(pausedSeen > 0);
+  // Loose: buffering the whole transfer would add 200 MB.
+  assert.ok(maxRss - rssBefore < 100 * 1024 * 1024, `RSS grew by ${Math.round((maxRss - rssBefore) / 1048576)} MiB`);
+  t.diagnostic(`max held ${maxHeld} B, RSS growth ${Math.round((maxRss - rssBefore) / 1048576)} MiB`);
+  srv.end();
+  await px.closed(1);
+  assert.equal(px.log[0]!.reason, 'both-fin');
+  assert.equal((px.log[0]!.clientToServer as { bytes: number }).bytes, TOTAL);
+});
