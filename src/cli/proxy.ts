@@ -4,7 +4,7 @@ import YAML from 'yaml';
 import { ProxyMetrics } from '../admin/metrics.js';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { loadConfig } from '../config/load.js';
-import { describeConfig, isLoopback, parseBytes, parseKeepalive, type FileConfig } from '../config/schema.js';
+import { checkUpstreamSource, DEFAULT_INBOUND_SOURCE, describeConfig, isLoopback, parseBytes, parseKeepalive, type FileConfig } from '../config/schema.js';
 import { UsageError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { Proxy } from '../proxy/proxy.js';
@@ -27,7 +27,8 @@ Listeners (any number; when given, they replace the config file's listeners):
                             upstream connections come from --upstream-source, e.g. 0.0.0.0:15006
   --route LISTEN=UPSTREAM   fixed upstream, like HAProxy tcp mode or nginx stream, repeatable,
                             e.g. 127.0.0.1:9000=127.0.0.1:6379
-  --upstream-source ADDR    source address of inbound upstream connections. Default 127.0.0.6.
+  --upstream-source ADDR[,ADDR]  source of inbound upstream connections, one per family; the one of
+                            the destination's family is bound. Default 127.0.0.6,::6.
 
 Timers (durations like 250ms, 30s, 5m, 1h; 0 disables):
   --connect-timeout DUR     upstream connect timeout; the client is reset on failure. Default 5s.
@@ -90,14 +91,14 @@ export function flagsToFileConfig(values: ReturnType<typeof parseFlags>['values'
   const out: FileConfig = {};
   const listeners: NonNullable<FileConfig['listeners']> = [];
   const source = str(values['upstream-source']);
-  if (source !== undefined && !/^[0-9a-fA-F.:]+$/.test(source)) throw new UsageError(`--upstream-source: expected an IP address, got "${source}"`);
+  if (source !== undefined) checkUpstreamSource(source, '--upstream-source');
   for (const v of list(values.outbound)) {
     parseEndpoint(v, '--outbound', { allowPortZero: true });
     listeners.push({ kind: 'outbound', listen: v, ...(listeners.some((l) => l.kind === 'outbound') ? { name: `outbound-${listeners.length}` } : {}) });
   }
   for (const v of list(values.inbound)) {
     parseEndpoint(v, '--inbound', { allowPortZero: true });
-    listeners.push({ kind: 'inbound', listen: v, upstreamSource: source ?? '127.0.0.6', ...(listeners.some((l) => l.kind === 'inbound') ? { name: `inbound-${listeners.length}` } : {}) });
+    listeners.push({ kind: 'inbound', listen: v, upstreamSource: source ?? DEFAULT_INBOUND_SOURCE, ...(listeners.some((l) => l.kind === 'inbound') ? { name: `inbound-${listeners.length}` } : {}) });
   }
   for (const [i, v] of list(values.route).entries()) {
     const eq = v.indexOf('=');

@@ -1,6 +1,7 @@
 // The proxy's configuration: the YAML file's shape (validated with zod, unknown keys rejected)
 // and the resolved, frozen form the proxy runs with (durations in ms, addresses parsed).
 
+import net from 'node:net';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { formatDuration, parseDuration } from '../util/duration.js';
@@ -15,7 +16,11 @@ const listenerSchema = z.strictObject({
   listen: z.string(),
   /** Only for kind `route`: the fixed upstream HOST:PORT. */
   upstream: z.string().optional(),
-  /** Source address of upstream connections. Default 127.0.0.6 for `inbound`, none otherwise. */
+  /**
+   * Source addresses of upstream connections, at most one per family, comma-separated; the one of
+   * the destination's family is bound. Default `127.0.0.6,::6` for `inbound` (the addresses the
+   * interception rules let through, as Istio does), none otherwise.
+   */
   upstreamSource: z.string().optional(),
 });
 
@@ -172,6 +177,27 @@ export function validateFile(data: unknown, source: string): FileConfig {
   throw new ConfigError(`${source}: ${where}: ${issue.message}`);
 }
 
+/** Inbound upstream connections come from these, so the interception rules do not capture them again. */
+export const DEFAULT_INBOUND_SOURCE = '127.0.0.6,::6';
+
+/** `ADDR[,ADDR]`: IP addresses, at most one IPv4 and one IPv6. */
+export function checkUpstreamSource(value: string, where: string): void {
+  const seen = new Set<number>();
+  for (const part of value.split(',')) {
+    const family = net.isIP(part.trim());
+    if (family === 0) throw new ConfigError(`${where}: expected an IP address or IPv4,IPv6 pair (e.g. 127.0.0.6,::6), got "${value}"`);
+    if (seen.has(family)) throw new ConfigError(`${where}: at most one IPv${family} address, got "${value}"`);
+    seen.add(family);
+  }
+}
+
+/** The source of `sources` (comma-separated) that has the family of `host`; null: let the kernel choose. */
+export function upstreamSourceFor(sources: string | null, host: string): string | null {
+  if (sources === null) return null;
+  const family = net.isIP(host);
+  return sources.split(',').map((s) => s.trim()).find((s) => net.isIP(s) === family) ?? null;
+}
+
 export function resolveListener(raw: z.infer<typeof listenerSchema>, where: string, index: number): ListenerConfig {
   const listen = parseEndpoint(raw.listen, `${where}.listen`, { allowPortZero: true });
   let upstream: Endpoint | null = null;
@@ -181,7 +207,8 @@ export function resolveListener(raw: z.infer<typeof listenerSchema>, where: stri
   } else if (raw.upstream) {
     throw new ConfigError(`${where}.upstream: only route listeners have a fixed upstream; ${raw.kind} uses the original destination`);
   }
-  const upstreamSource = raw.upstreamSource ?? (raw.kind === 'inbound' ? '127.0.0.6' : null);
+  const upstreamSource = raw.upstreamSource ?? (raw.kind === 'inbound' ? DEFAULT_INBOUND_SOURCE : null);
+  if (upstreamSource !== null) checkUpstreamSource(upstreamSource, `${where}.upstreamSource`);
   const name = raw.name ?? (raw.kind === 'route' ? `route-${listen.port || index}` : raw.kind);
   return { name, kind: raw.kind, listen, upstream, upstreamSource };
 }

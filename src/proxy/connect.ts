@@ -10,7 +10,7 @@ export type ConnectResult = { ok: true; socket: net.Socket } | { ok: false; reas
 export interface ConnectOptions {
   /** 0 leaves it to the kernel's SYN retries. */
   connectTimeoutMs: number;
-  /** Source address to bind (127.0.0.6 for inbound, so interception lets it through). */
+  /** Source address to bind (127.0.0.6 or ::6 for inbound, so interception lets it through). */
   localAddress: string | null;
 }
 

@@ -4,7 +4,7 @@
 // Observers (the conntrack guard, metrics) are told of each stage; they never steer the relay.
 
 import type net from 'node:net';
-import type { ProxyConfig, ListenerConfig } from '../config/schema.js';
+import { upstreamSourceFor, type ProxyConfig, type ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { unmapIPv4, type Endpoint } from '../util/address.js';
 import { createAccessLog, type AccessLog } from './accesslog.js';
@@ -123,7 +123,7 @@ export class Proxy {
     conn.target = resolution.target;
     conn.originalDst = resolution.originalDst;
     this.timers.arm(conn); // the max-duration and idle clocks run from accept
-    void connectUpstream(resolution.target, { connectTimeoutMs: this.config.connectTimeoutMs, localAddress: l.upstreamSource }).then((r) => {
+    void connectUpstream(resolution.target, { connectTimeoutMs: this.config.connectTimeoutMs, localAddress: upstreamSourceFor(l.upstreamSource, resolution.target.host) }).then((r) => {
       if (!r.ok) {
         this.refuse(conn, r.reason, r.detail);
         return;

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
 import { loadConfig, mergeConfig, readConfigFile } from '../../src/config/load.js';
-import { DEFAULTS, describeConfig, parseBytes, parseKeepalive, resolveConfig, validateFile, type FileConfig } from '../../src/config/schema.js';
+import { DEFAULTS, describeConfig, parseBytes, parseKeepalive, resolveConfig, upstreamSourceFor, validateFile, type FileConfig } from '../../src/config/schema.js';
 import { HalfcloseError, type ErrorCode } from '../../src/errors.js';
 
 const route = { kind: 'route' as const, listen: '127.0.0.1:9000', upstream: '127.0.0.1:6379' };
@@ -50,16 +50,23 @@ test('defaults: connect 5s, idle 1h, half-close off, max duration off, drain 30s
   assert.ok(Object.isFrozen(c));
 });
 
-test('listeners: route needs an upstream, original-destination kinds refuse one, inbound binds 127.0.0.6', () => {
+test('listeners: route needs an upstream, original-destination kinds refuse one, inbound binds 127.0.0.6 or ::6', () => {
   const c = resolveConfig({ listeners: [route, { kind: 'outbound', listen: '127.0.0.1:15001' }, { kind: 'inbound', listen: '0.0.0.0:15006' }] }, 'f.yaml');
   assert.deepEqual(
     c.listeners.map((l) => [l.name, l.kind, l.upstream?.port ?? null, l.upstreamSource]),
     [
       ['route-9000', 'route', 6379, null],
       ['outbound', 'outbound', null, null],
-      ['inbound', 'inbound', null, '127.0.0.6'],
+      ['inbound', 'inbound', null, '127.0.0.6,::6'],
     ],
   );
+  // The source of the destination's family is bound; none of that family: the kernel chooses.
+  assert.equal(upstreamSourceFor('127.0.0.6,::6', '10.77.0.1'), '127.0.0.6');
+  assert.equal(upstreamSourceFor('127.0.0.6,::6', 'fd77::1'), '::6');
+  assert.equal(upstreamSourceFor('127.0.0.6', 'fd77::1'), null);
+  assert.equal(upstreamSourceFor(null, '10.77.0.1'), null);
+  fails(() => resolveConfig({ listeners: [{ kind: 'inbound', listen: '0.0.0.0:15006', upstreamSource: '127.0.0.6,127.0.0.7' }] }, 'f.yaml'), 'HC_ERR_CONFIG', /listeners\[0\]\.upstreamSource: at most one IPv4 address/);
+  fails(() => resolveConfig({ listeners: [{ kind: 'inbound', listen: '0.0.0.0:15006', upstreamSource: 'localhost' }] }, 'f.yaml'), 'HC_ERR_CONFIG', /listeners\[0\]\.upstreamSource: expected an IP address/);
   fails(() => resolveConfig({ listeners: [{ kind: 'route', listen: '127.0.0.1:9000' }] }, 'f.yaml'), 'HC_ERR_CONFIG', /^f\.yaml: listeners\[0\]\.upstream: a route listener needs/);
   fails(() => resolveConfig({ listeners: [{ kind: 'outbound', listen: '127.0.0.1:1', upstream: '127.0.0.1:2' }] }, 'f.yaml'), 'HC_ERR_CONFIG', /only route listeners have a fixed upstream/);
   fails(() => resolveConfig({ listeners: [route, route] }, 'f.yaml'), 'HC_ERR_CONFIG', /two listeners are named "route-9000"/);
