@@ -179,3 +179,24 @@ test('an interrupted lab (SIGINT) leaves no namespace, process or work directory
   assert.deepEqual(labDirs().filter((d) => !dirsBefore.has(d)), []);
   assert.ok(!existsSync(`/run/netns/${ours[0]}`));
 });
+
+test('--keep leaves the namespaces up with the sidecar running until Ctrl-C, then removes them', async () => {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'lab', '--scenario', 'control', '--proxy', 'socat', '--keep', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = once(child, 'exit');
+  const deadline = Date.now() + 30_000;
+  while (!/Ctrl-C to remove everything/.test(stderr) || !/-svc ss -tanoeip/.test(stderr)) {
+    assert.ok(Date.now() < deadline && child.exitCode === null, `no --keep message: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const pod = /ip netns exec (\S+-pod) ss -tanoeip/.exec(stderr)![1]!;
+  assert.ok(existsSync(`/run/netns/${pod}`), pod);
+  assert.notEqual((await run('ss', ['-Htln', 'sport = :15001'], { netns: pod })).stdout.trim(), '', 'the sidecar still listens');
+  assert.match((await run('iptables', ['-t', 'nat', '-S'], { netns: pod })).stdout, /HALFCLOSE_REDIRECT/);
+  child.kill('SIGINT');
+  const [code, signal] = await exited;
+  assert.equal(code ?? signal, 130, stderr);
+  assert.ok(!existsSync(`/run/netns/${pod}`));
+  assert.ok(!existsSync(`/run/netns/${pod.replace(/-pod$/, '-svc')}`));
+});
