@@ -44,16 +44,40 @@ test('outbound original destination, IPv4 and IPv6, through a REDIRECT rule', as
   await proxy.stop();
 });
 
-test('a connection aimed straight at the listener is refused as a loop', async (t) => {
+test('the loop guard resets connections aimed back at the proxy (IPv4, IPv6, wildcard listener) and only those', async (t) => {
   const topo = await topology(t);
   await installRedirect(topo, 15001, 1337);
-  const proxy = await startNsProxy(topo, ['--outbound', '127.0.0.1:15001']);
-  const client = nsNode(topo, topo.pod, CLIENT, ['127.0.0.1', '15001']);
-  const line = JSON.parse(await client.waitLine(/^\{/));
-  assert.equal(line.error, 'ECONNRESET');
-  await new Promise((r) => setTimeout(r, 200));
-  const logged = proxy.output().split('\n').filter((l) => l.includes('"connection closed"')).map((l) => JSON.parse(l));
-  assert.equal(logged.length, 1);
-  assert.match(logged[0].reason, /^(loop-refused|no-original-dst)$/);
-  await proxy.stop();
+  const proxy = await startNsProxy(topo, ['--outbound', '127.0.0.1:15001', '--outbound', '[::1]:15001', '--outbound', '0.0.0.0:15002']);
+  t.after(() => proxy.stop());
+  // Straight at a listener, on loopback and on the pod's own address (through the wildcard
+  // listener): conntrack reports the listener itself as the original destination.
+  const loops = [
+    ['127.0.0.1', '15001'],
+    ['::1', '15001'],
+    [topo.podIp, '15002'],
+  ] as const;
+  for (const [host, port] of loops) {
+    const client = nsNode(topo, topo.pod, CLIENT, [host, port]);
+    const line = JSON.parse(await client.waitLine(/^\{/));
+    assert.equal(line.error, 'ECONNRESET', `client to ${host}:${port} should be reset, got ${JSON.stringify(line)}`);
+  }
+  // Redirected to the proxy, aimed at a remote host that happens to use a listener's port: not a
+  // loop. Nothing listens there, so the proxy's connect is refused and the client reset for that.
+  const remote = nsNode(topo, topo.pod, CLIENT, [topo.svcIp, '15001']);
+  assert.equal(JSON.parse(await remote.waitLine(/^\{/)).error, 'ECONNRESET');
+  const logged = () => proxy.output().split('\n').filter((l) => l.includes('"connection closed"')).map((l) => JSON.parse(l));
+  const deadline = Date.now() + 5000;
+  while (logged().length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const entries = logged();
+  assert.deepEqual(
+    entries.map((e) => [e.originalDst?.host ?? null, e.reason]).sort(),
+    [
+      ['10.77.0.2', 'connect-refused'],
+      [null, 'loop-refused'],
+      [null, 'loop-refused'],
+      [null, 'loop-refused'],
+    ].sort(),
+    JSON.stringify(entries),
+  );
+  assert.deepEqual(entries.filter((e) => e.reason === 'loop-refused').map((e) => e.listener).sort(), ['outbound', 'outbound-1', 'outbound-2']);
 });
