@@ -4,4 +4,5 @@
 # (make demo has already built dist/.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-node dist/src/cli/main.js lab --scenario all --proxy all --report lab-report.html
+source scripts/sidecar-tree.sh
+node "$SIDECAR_TREE/dist/src/cli/main.js" lab --scenario all --proxy all --report "$PWD/lab-report.html"

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite=${1:-all}
+source scripts/sidecar-tree.sh
+cd "$SIDECAR_TREE"
 files=()
 if [[ $suite == all || $suite == unit ]]; then
   mapfile -t -O "${#files[@]}" files < <(find dist/test/unit -name '*.test.js' | sort)
@@ -18,4 +20,4 @@ if ((${#files[@]} == 0)); then
   echo "test: no test files found under dist/test (run make build)" >&2
   exit 1
 fi
-exec node --test --test-reporter=spec --test-concurrency=1 "${files[@]}"
+node --test --test-reporter=spec --test-concurrency=1 "${files[@]}"
