@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The relay's CPU cost, for measuring one optimisation at a time: halfclose's own CPU time (user +
+# system, from /proc/PID/stat) per GB relayed each way, per 1,000 connections and per 1,000 round
+# trips, with the rate achieved. On a shared machine a rate swings with everyone else's load; the
+# CPU a fixed amount of work costs the proxy swings much less. Medians of REPS runs.
+#
+# usage: bench/relay-cost.sh [REPS] [REPO] [MODES]
+#   REPO: a built checkout (default this one); MODES: any of c2s s2c conn rtt (default all)
+set -euo pipefail
+reps=${1:-5}
+repo=$(cd "${2:-$(dirname "$0")/..}" && pwd)
+node=$(command -v node)
+tck=$(getconf CLK_TCK)
+# Ports above the ephemeral range (32768-60999), so no client connection can hold one.
+p_echo=61311 p_iperf=61312 p_route_echo=61313 p_route_iperf=61314
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$node" "$repo/dist/bench/workers.js" echo ports=$p_echo >/dev/null 2>&1 < <(sleep 100000) &
+pids+=($!)
+iperf3 -s -B 127.0.0.1 -p $p_iperf >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# One run: starts halfclose (pinned to the last CPU, as make bench does), measures MODE, prints
+# "cost rate".
+one() {
+  set +e # a failed measurement prints "NaN NaN" and must still stop its halfclose
+  local mode=$1 cpu=$(($(nproc) - 1))
+  taskset -c $cpu "$node" "$repo/bin/halfclose" proxy --admin 127.0.0.1:0 \
+    --route 127.0.0.1:$p_route_echo=127.0.0.1:$p_echo --route 127.0.0.1:$p_route_iperf=127.0.0.1:$p_iperf \
+    >"$work/access.log" 2>"$work/hc.err" &
+  local hc=$!
+  pids+=($hc)
+  for _ in $(seq 100); do
+    ss -ltnpH "sport = :$p_route_iperf" | grep -q "pid=$hc," && break
+    sleep 0.05
+  done
+  local t0 out t1
+  t0=$(cpu_ticks $hc)
+  case $mode in
+    c2s | s2c)
+      local r=""
+      [[ $mode == s2c ]] && r=-R
+      out=$(iperf3 -c 127.0.0.1 -p $p_route_iperf -t 3 -J $r || true)
+      [[ $out == *\"error\"* ]] && { echo "relay-cost: iperf3: $(grep -m1 '"error"' <<<"$out")" >&2; cat "$work/hc.err" >&2; }
+      t1=$(cpu_ticks $hc)
+      echo "$out" | "$node" -e 'const j=JSON.parse(require("fs").readFileSync(0));const b=j.end.sum_received.bytes;console.log(((+process.argv[1])/+process.argv[2]/(b/1e9)).toFixed(3), (j.end.sum_received.bits_per_second/1e9).toFixed(2))' $((t1 - t0)) "$tck" 2>/dev/null || echo NaN NaN
+      ;;
+    conn)
+      out=$("$node" "$repo/dist/bench/workers.js" connrate port=$p_route_echo count=1000000 maxMs=3000 concurrency=50 </dev/null)
+      t1=$(cpu_ticks $hc)
+      echo "$out" | "$node" -e 'const j=JSON.parse(require("fs").readFileSync(0));console.log(((+process.argv[1])/+process.argv[2]/(j.completed/1000)).toFixed(3), Math.round(j.rate))' $((t1 - t0)) "$tck" 2>/dev/null || echo NaN NaN
+      ;;
+    rtt)
+      out=$("$node" "$repo/dist/bench/workers.js" latency port=$p_route_echo size=1 count=20000 maxMs=10000 </dev/null)
+      t1=$(cpu_ticks $hc)
+      echo "$out" | "$node" -e 'const j=JSON.parse(require("fs").readFileSync(0));console.log(((+process.argv[1])/+process.argv[2]/(j.samples/1000)).toFixed(4), j.p50.toFixed(1))' $((t1 - t0)) "$tck" 2>/dev/null || echo NaN NaN
+      ;;
+  esac
+  kill -TERM $hc
+  wait $hc 2>/dev/null || true
+}
+
+declare -A label=(
+  [c2s]="CPU s per GB client->server | Gbit/s"
+  [s2c]="CPU s per GB server->client | Gbit/s"
+  [conn]="CPU s per 1000 connections | conn/s (50 at a time)"
+  [rtt]="CPU s per 1000 round trips (1 B) | p50 µs"
+)
+for mode in ${3:-c2s s2c conn rtt}; do
+  costs=() rates=()
+  for _ in $(seq "$reps"); do
+    read -r c r < <(one $mode)
+    costs+=("$c") rates+=("$r")
+  done
+  med() { printf '%s\n' "$@" | grep -v NaN | sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+  printf '%-58s %8s | %8s   (runs: %s | %s)\n' "${label[$mode]}" "$(med "${costs[@]}")" "$(med "${rates[@]}")" "${costs[*]}" "${rates[*]}"
+done
