@@ -34,7 +34,7 @@ interface Params {
 }
 
 const FULL: Params = {
-  reps: 3,
+  reps: 5,
   iperfSeconds: 3,
   latencyCount: 5000,
   latencyMaxMs: 2000,
