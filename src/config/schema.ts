@@ -147,12 +147,16 @@ export function formatKeepalive(k: KeepaliveMode): string {
 
 /** `1048576`, `64KiB`, `1MiB`, `512k`. */
 export function parseBytes(v: number | string, what: string): number {
-  if (typeof v === 'number') return v;
-  const m = /^(\d+)\s*(|b|k|kb|kib|m|mb|mib)$/i.exec(v.trim());
-  if (!m) throw new ConfigError(`${what}: expected a size such as 65536, 64KiB or 1MiB, got "${v}"`);
-  const unit = m[2]!.toLowerCase();
-  const mul = unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1 << 20 : 1;
-  const n = Number(m[1]) * mul;
+  let n: number;
+  if (typeof v === 'number') {
+    n = v; // a YAML number: the schema checked it is a positive integer; the minimum applies too
+  } else {
+    const m = /^(\d+)\s*(|b|k|kb|kib|m|mb|mib)$/i.exec(v.trim());
+    if (!m) throw new ConfigError(`${what}: expected a size such as 65536, 64KiB or 1MiB, got "${v}"`);
+    const unit = m[2]!.toLowerCase();
+    const mul = unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1 << 20 : 1;
+    n = Number(m[1]) * mul;
+  }
   if (n < 16384) throw new ConfigError(`${what}: must be at least 16KiB (the socket stream's own buffer), got "${v}"`);
   return n;
 }

@@ -3,12 +3,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
 import { loadConfig, mergeConfig, readConfigFile } from '../../src/config/load.js';
-import { DEFAULTS, describeConfig, parseBytes, parseKeepalive, resolveConfig, upstreamSourceFor, validateFile, type FileConfig } from '../../src/config/schema.js';
+import { DEFAULTS, describeConfig, fileSchema, parseBytes, parseKeepalive, resolveConfig, upstreamSourceFor, validateFile, type FileConfig } from '../../src/config/schema.js';
 import { HalfcloseError, type ErrorCode } from '../../src/errors.js';
 
 const route = { kind: 'route' as const, listen: '127.0.0.1:9000', upstream: '127.0.0.1:6379' };
@@ -91,6 +92,7 @@ test('values: durations need a unit, sizes and keepalive have their own forms, a
   assert.equal(parseBytes('2m', 'x'), 2 << 20);
   assert.equal(parseBytes(1 << 20, 'x'), 1 << 20);
   fails(() => parseBytes('1k', 'bufferLimit'), 'HC_ERR_CONFIG', /bufferLimit: must be at least 16KiB/);
+  fails(() => resolveConfig({ bufferLimit: 1000 }, 'f.yaml'), 'HC_ERR_CONFIG', /^f\.yaml: bufferLimit: must be at least 16KiB/);
   fails(() => parseBytes('lots', 'bufferLimit'), 'HC_ERR_CONFIG', /expected a size such as 65536, 64KiB or 1MiB/);
   assert.deepEqual(parseKeepalive('20s:20s:3', 'x'), { mode: 'fixed', idleSec: 20, intervalSec: 20, count: 3 });
   assert.deepEqual(parseKeepalive('30:10:5', 'x'), { mode: 'fixed', idleSec: 30, intervalSec: 10, count: 5 });
@@ -150,4 +152,31 @@ test('--print-config output is a config file that loads back to the same configu
   // And the defaults print in the units they are documented with.
   const d = describeConfig(resolveConfig({}, 'x')) as { timeouts: Record<string, string> };
   assert.deepEqual(d.timeouts, { connect: DEFAULTS.connect, idle: DEFAULTS.idle, halfClose: DEFAULTS.halfClose, maxDuration: DEFAULTS.maxDuration, drain: DEFAULTS.drain });
+});
+
+test('docs/config.md has a section for every key the schema accepts, and none for keys it does not', () => {
+  // Every key path of the file schema: `timeouts.idle`, `listeners[].kind`, …
+  const keys: string[] = [];
+  const walk = (schema: unknown, prefix: string): void => {
+    let s = schema as { def?: { type?: string; innerType?: unknown; element?: unknown }; shape?: Record<string, unknown> };
+    while (s.def?.type === 'optional') s = s.def.innerType as typeof s;
+    if (s.def?.type === 'array') return walk(s.def.element, `${prefix}[]`);
+    if (s.def?.type === 'object' && s.shape) {
+      for (const [k, v] of Object.entries(s.shape)) walk(v, prefix ? `${prefix}.${k}` : k);
+      return;
+    }
+    keys.push(prefix);
+  };
+  walk(fileSchema, '');
+  assert.ok(keys.includes('timeouts.idle') && keys.includes('listeners[].upstreamSource'), `walked ${keys.join(', ')}`);
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'docs', 'config.md'))) dir = path.dirname(dir);
+  const doc = readFileSync(path.join(dir, 'docs', 'config.md'), 'utf8');
+  const documented = [...doc.matchAll(/^### `([^`]+)`$/gm)].map((m) => m[1]!);
+  for (const k of keys) {
+    assert.ok(documented.includes(k), `docs/config.md has no "### \`${k}\`" section`);
+    const section = doc.split(`### \`${k}\``)[1]!.split(/^##/m)[0]!;
+    assert.match(section, /\*\*(Summary|Default)\*\*|^A list/m, `${k}: the section has a summary or default`);
+  }
+  for (const d of documented) assert.ok(keys.includes(d) || d === 'listeners[]', `docs/config.md documents "${d}", which the schema does not accept`);
 });
