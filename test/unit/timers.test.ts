@@ -1,12 +1,13 @@
 // Each timer ends exactly the connections it should, with its own close reason, and leaves the
-// others alone: idle (no bytes either way), half-close (half-closed and idle), max duration (age,
-// however busy). Timeouts are a second or more and the "busy" peers talk every 100 ms, so a loaded
+// others alone: connect (an upstream that never answers the SYN), idle (no bytes either way),
+// half-close (half-closed and idle), max duration (age, however busy). Timeouts are a second or more and the "busy" peers talk every 100 ms, so a loaded
 // machine does not blur which connection is which.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type net from 'node:net';
-import { connect, observe, sleep, startRouteProxy, startServer, waitFor, type LoggedConnection, type Observed } from '../helpers/proxy.js';
+import net from 'node:net';
+import koffi from 'koffi';
+import { connect, fdCount, observe, sleep, startRouteProxy, startServer, waitFor, type LoggedConnection, type Observed } from '../helpers/proxy.js';
 
 interface Pair {
   client: net.Socket;
@@ -66,6 +67,54 @@ async function writeFails(s: net.Socket): Promise<string> {
     s.once('close', () => clearInterval(again));
   });
 }
+
+/**
+ * A listening socket on 127.0.0.1 that never accepts, with a backlog of 0 (node:net always
+ * accepts, hence libc through koffi). Once one connection waits in its accept queue, the kernel
+ * drops further SYNs: a connect to it neither succeeds nor fails, like a black-holed upstream.
+ */
+async function unansweringUpstream(): Promise<{ port: number; close(): void }> {
+  const lib = koffi.load('libc.so.6');
+  const socket = lib.func('int socket(int, int, int)');
+  const bind = lib.func('int bind(int, uint8_t *addr, uint32_t len)');
+  const listen = lib.func('int listen(int, int)');
+  const close = lib.func('int close(int)');
+  const getsockname = lib.func('int getsockname(int, _Out_ uint8_t *addr, _Inout_ uint32_t *len)');
+  const fd = socket(2 /* AF_INET */, 1 /* SOCK_STREAM */, 0) as number;
+  const addr = Buffer.alloc(16);
+  addr.writeUInt16LE(2, 0); // sin_family; port 0: the kernel picks one
+  addr.set([127, 0, 0, 1], 4);
+  assert.equal(bind(fd, addr, 16), 0, 'bind');
+  assert.equal(listen(fd, 0), 0, 'listen');
+  const out = Buffer.alloc(16);
+  getsockname(fd, out, [16]);
+  const port = out.readUInt16BE(2);
+  const filler = net.connect(port, '127.0.0.1'); // fills the accept queue
+  await new Promise((r) => filler.once('connect', r));
+  return {
+    port,
+    close() {
+      filler.destroy();
+      close(fd);
+    },
+  };
+}
+
+test('connect timeout resets the client (never a clean EOF) with connect-timeout and leaves no socket behind', async (t) => {
+  const up = await unansweringUpstream();
+  t.after(() => up.close());
+  const px = await startRouteProxy(up.port, { timeouts: { connect: '500ms', idle: '0' } });
+  t.after(() => px.close());
+  const fds = fdCount();
+  const c = await connect(px.port);
+  const saw = observe(c);
+  const [entry] = await px.closed(1);
+  assert.equal(entry!.reason, 'connect-timeout');
+  assert.match(String(entry!.error), /no answer from 127\.0\.0\.1:\d+ within 500ms/);
+  assert.equal((await saw).end, 'reset', 'the client must not see an empty reply');
+  assert.ok(Date.parse(entry!.closedAt as string) - Date.parse(entry!.startedAt as string) >= 500);
+  await waitFor(() => fdCount() <= fds, 5000, `fds back to ${fds}`);
+});
 
 test('idle timeout ends the silent connection with idle-timeout, resets both peers, spares the busy one', async (t) => {
   const h = await setup({ idle: '1s' });
