@@ -114,6 +114,9 @@ export class UpstreamReader {
   }
 }
 
+/** How often a source whose reading is paused (backpressure) is checked for a reset. */
+const PAUSED_RESET_POLL_MS = 500;
+
 /** Starts relaying between conn.client and conn.upstream (both connected). */
 export function startRelay(conn: Connection, bufferLimitBytes: number, events: RelayEvents): void {
   const client = conn.client;
@@ -146,7 +149,26 @@ function pump(
   limit: number,
   events: RelayEvents,
 ): void {
+  // While reading is paused, nothing watches the source: an RST from it would go unnoticed until
+  // the destination drains, which may be never (a stuck reader). Its socket error is polled instead.
+  let resetWatch: NodeJS.Timeout | null = null;
+  const stopWatch = (): void => {
+    if (resetWatch) clearInterval(resetWatch);
+    resetWatch = null;
+  };
+  const watchForReset = (): void => {
+    resetWatch = setInterval(() => {
+      const code = pendingResetOf(src);
+      if (code === null) return;
+      stopWatch();
+      if (conn.reason === null) conn.error = `${srcSide}: ${code} (while reading from it was paused)`;
+      abortConnection(conn, reasonForError(srcSide, Object.assign(new Error(code), { code }), conn));
+    }, PAUSED_RESET_POLL_MS);
+    resetWatch.unref();
+  };
+  src.once('close', stopWatch);
   const resume = (): void => {
+    stopWatch();
     dir.paused = false;
     src.resume();
   };
@@ -162,6 +184,7 @@ function pump(
       dir.paused = true;
       src.pause();
       dst.once('drain', resume);
+      watchForReset();
     }
   };
   if (reader) {
@@ -173,6 +196,16 @@ function pump(
   }
   src.on('end', () => {
     if (dir.state !== 'open') return;
+    // libuv reports EOF, not the error, for a socket that was reset while it still held unread
+    // bytes (POLLHUP after a partial read): an RST that arrived while reading was paused. The
+    // kernel kept the reset as the socket's error; forwarding a FIN would pass a crash off as a
+    // complete stream.
+    const reset = pendingResetOf(src);
+    if (reset !== null) {
+      if (conn.reason === null) conn.error = `${srcSide}: ${reset} (after its last bytes)`;
+      abortConnection(conn, reasonForError(srcSide, Object.assign(new Error(reset), { code: reset }), conn));
+      return;
+    }
     dir.state = 'fin-received';
     dir.finReceivedAt = Date.now();
     conn.lastActivityAt = dir.finReceivedAt;

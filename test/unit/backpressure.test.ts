@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import { socketFd, takeSocketError } from '../../src/kernel/sockopt.js';
 import { connect, sleep, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
 
 const TOTAL = 200 * 1024 * 1024;
@@ -103,3 +104,52 @@ test('a slow reader behind 200 MB keeps the bytes the proxy holds under the buff
   assert.equal(px.log[0]!.reason, 'both-fin');
   assert.equal((px.log[0]!.clientToServer as { bytes: number }).bytes, TOTAL);
 });
+
+// While the proxy is not reading a side (its destination is full), nothing would notice that side's
+// RST: the connection would hang on, unreset, until the stuck reader drained — maybe never. And
+// once reading resumes, libuv reports such a reset as a plain EOF after the queued bytes, which
+// the relay must not forward as a FIN.
+for (const resetter of ['client', 'server'] as const) {
+  for (const readerResumes of [false, true]) {
+    const title = `an RST from the ${resetter} while reading from it is paused is forwarded as an RST (${readerResumes ? 'the reader drains at once' : 'the reader stays stuck'})`;
+    test(title, { timeout: 60_000 }, async (t) => {
+      let server: net.Socket | null = null;
+      const up = await startServer((s) => {
+        server = s;
+        s.pause();
+      });
+      const px = await startRouteProxy(up.port, { bufferLimit: '64KiB' });
+      const client = await connect(px.port);
+      client.pause();
+      t.after(async () => {
+        client.destroy();
+        (server as net.Socket | null)?.destroy();
+        await px.close();
+        await up.close();
+      });
+      await waitFor(() => server !== null, 5000, 'upstream accept');
+      const srv = server! as net.Socket;
+      const [writer, reader] = resetter === 'client' ? [client, srv] : [srv, client];
+      const dir = resetter === 'client' ? 'c2s' : 's2c';
+      const conn = [...px.proxy.registry.all()][0]!;
+      writer.on('error', () => {});
+      reader.on('error', () => {});
+      writer.write(Buffer.alloc(16 * 1024 * 1024));
+      await waitFor(() => conn[dir].paused, 10_000, 'the proxy to pause reading');
+      const readerFd = socketFd(reader);
+      writer.resetAndDestroy();
+      if (readerResumes) {
+        reader.on('data', () => {});
+        reader.resume();
+      }
+      await waitFor(() => px.log.length === 1, 10_000, 'the reset to end the connection');
+      assert.equal(px.log[0]!.reason, resetter === 'client' ? 'downstream-reset' : 'upstream-reset');
+      assert.match(String(px.log[0]!.error), /ECONNRESET/);
+      assert.equal((px.log[0]![dir === 'c2s' ? 'clientToServer' : 'serverToClient'] as { state: string }).state, 'reset');
+      if (!readerResumes) {
+        // The reader is not reading, so Node cannot tell it; the kernel holds the reset for it.
+        assert.equal(takeSocketError(readerFd), 'ECONNRESET', 'the stuck reader was sent an RST, not a FIN');
+      }
+    });
+  }
+}
