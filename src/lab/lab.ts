@@ -13,7 +13,7 @@ import { interceptOptions } from '../netfilter/options.js';
 import { plan } from '../netfilter/plan.js';
 import { startApp, startService, type Agent } from './agents.js';
 import { runScenario, SCENARIO_SUMMARIES, type Bench, type CellResult, type ScenarioName } from './scenarios.js';
-import { SERVICE_PORT, SIDECAR_PORT, SIDECAR_UID, SIDECARS, startSidecar, type SidecarName } from './sidecars.js';
+import { SERVICE_PORT, SIDECAR_PORT, SIDECAR_UID, SIDECARS, startSidecar, type RunningSidecar, type SidecarName } from './sidecars.js';
 
 /** Prefix of the lab's namespace names (`hclab-3f9a1c-pod`), so a leftover one is easy to spot. */
 export const LAB_NETNS_PREFIX = 'hclab';
@@ -41,6 +41,10 @@ export interface KeptTopology {
   sidecar: SidecarName;
   pod: string;
   svc: string;
+  /** Stops the sidecar alone (what it held becomes orphans the kernel reaps); the rest stays up. */
+  stopSidecar(): Promise<void>;
+  /** Removes what was left up (endpoints, sidecar, namespaces, work directory) without waiting for exit. Idempotent. */
+  remove(): void;
 }
 
 export interface LabResult {
@@ -90,7 +94,7 @@ async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]
   let app: Agent | undefined;
   let service: Agent | undefined;
   const cells: CellResult[] = [];
-  let keepIt = false;
+  let keptSidecar: RunningSidecar | undefined;
   try {
     chownSync(dir, SIDECAR_UID, SIDECAR_UID);
     // The same rules `halfclose iptables install` writes (Istio's layout), outbound capture only.
@@ -110,7 +114,7 @@ async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]
         cell = await runScenario(scenario, bench);
         nextConn = bench.nextConn;
         cell.facts.push(...closeReasons(sidecar.output()));
-        if (o.keep && scenario === o.scenarios.at(-1) && cell.outcome !== 'error') keepIt = true;
+        if (o.keep && scenario === o.scenarios.at(-1) && cell.outcome !== 'error') keptSidecar = sidecar;
         else await sidecar.stop();
       } catch (err) {
         cell = { scenario, sidecar: name, outcome: 'error', verdict: `lab error: ${(err as Error).message}`, facts: [(err as Error).message], steps: [], durationMs: 0 };
@@ -119,15 +123,15 @@ async function runSidecar(name: SidecarName, o: LabOptions, kept: KeptTopology[]
       o.onCell?.(cell);
     }
   } finally {
-    if (keepIt) {
-      kept.push({ sidecar: name, pod: topo.pod, svc: topo.svc });
-    } else {
+    const remove = (): void => {
       app?.stop();
       service?.stop();
       topo.destroy();
       rmSync(dir, { recursive: true, force: true });
       liveDirs.delete(dir);
-    }
+    };
+    if (keptSidecar !== undefined) kept.push({ sidecar: name, pod: topo.pod, svc: topo.svc, stopSidecar: keptSidecar.stop, remove });
+    else remove();
   }
   return cells;
 }
