@@ -65,11 +65,11 @@ function startWatch(t: TestContext, pod: string): ReturnType<typeof watch> & { s
   };
 }
 
-/** The app's address on the seed connection, as the lab's first snapshot saw its socket. */
-function appAddress(cell: CellResult): string {
-  const app = cell.steps[0]?.snapshot.app;
-  assert.ok(app, `the lab saw no app socket: ${cell.facts.join('\n')}`);
-  return app.local;
+/** The seed connection as the lab's first snapshot saw it: the app's address and the sidecar's upstream socket. */
+function seedConnection(cell: CellResult): { app: string; upstream: string } {
+  const snap = cell.steps[0]?.snapshot;
+  assert.ok(snap?.app && snap.sidecarUp, `the lab saw no connection: ${cell.facts.join('\n')}`);
+  return { app: snap.app.local, upstream: snap.sidecarUp.local };
 }
 
 test('the lab leaves real leaks behind; scan reports exactly those sockets', async (t) => {
@@ -104,7 +104,7 @@ test('the lab leaves real leaks behind; scan reports exactly those sockets', asy
   const assertLeak = (name: SidecarName, report: ScanReport): ScanReport['findings'][number] => {
     const { pod } = kept(name);
     const topo = topos.get(name)!;
-    const app = appAddress(cell(name));
+    const { app, upstream } = seedConnection(cell(name));
     assert.equal(report.where, `netns ${pod}`);
     assert.equal(report.findings.length, 1, JSON.stringify(report.findings, null, 1));
     const f = report.findings[0]!;
@@ -114,6 +114,7 @@ test('the lab leaves real leaks behind; scan reports exactly those sockets', asy
     assert.equal(f.downstream.local, `127.0.0.1:${SIDECAR_PORT}`);
     assert.equal(f.downstream.peer, app);
     assert.equal(f.upstream?.state, 'CLOSE-WAIT');
+    assert.equal(f.upstream?.local, upstream);
     assert.equal(f.upstream?.peer, `${topo.svcIp}:${SERVICE_PORT}`);
     assert.equal(f.upstream?.process?.pid, f.downstream.process?.pid);
     assert.deepEqual(report.summary, { leakedSockets: 2, leakedConnections: 1, atRiskConnections: 0, halfClosedHealthy: 0, unjudged: 0 });
@@ -177,6 +178,7 @@ test('the lab leaves real leaks behind; scan reports exactly those sockets', asy
 
   await t.test('--all-netns finds the leaking namespaces among the others', async () => {
     const all = await scan(['--all-netns', '--json']);
+    assert.ok(all.status === 0 || all.status === 1, `scan --all-netns exited ${all.status}: ${all.stderr}`);
     const namespaces = (JSON.parse(all.stdout) as { namespaces: ScanReport[] }).namespaces;
     const where = (ns: string): ScanReport | undefined => namespaces.find((r) => r.where.startsWith(`netns ${ns} `) || r.where === `netns ${ns}`);
     const listing = namespaces.map((r) => `${r.where}: ${r.summary.leakedSockets}`).join('\n');
