@@ -1,7 +1,7 @@
 // Gathers what the scanner judges: live from a network namespace (ss, conntrack, /proc/net/netstat,
 // the CLOSE_WAIT sysctl), from files a user captured elsewhere, or from every namespace on the host.
 
-import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { HalfcloseError } from '../errors.js';
 import { parseConntrack, readConntrack } from '../kernel/conntrack.js';
 import { readCloseWaitTimeout, readNetstat, SCAN_COUNTERS } from '../kernel/netstat.js';
@@ -155,7 +155,16 @@ export function labelOf(ns: HostNamespace): string {
   return `${ns.name !== null ? `netns ${ns.name}` : `net:[${ns.inode}] pid ${ns.pid}`}${procs}`;
 }
 
-/** Whether a listed namespace can still be entered the way targetOf() enters it. */
+/**
+ * Whether a listed namespace can still be entered the way targetOf() enters it. `ip netns del`
+ * unmounts before it unlinks, so a name that still exists may no longer be that namespace (its
+ * file is then a plain empty file with another inode): compare inodes, not existence.
+ */
 export function namespaceExists(ns: HostNamespace): boolean {
-  return ns.name !== null ? existsSync(`/run/netns/${ns.name}`) : existsSync(`/proc/${ns.pid}/ns/net`);
+  try {
+    if (ns.name !== null) return statSync(`/run/netns/${ns.name}`).ino === ns.inode;
+    return readlinkSync(`/proc/${ns.pid}/ns/net`) === `net:[${ns.inode}]`;
+  } catch {
+    return false;
+  }
 }
