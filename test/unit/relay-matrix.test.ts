@@ -22,6 +22,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import { socketFd, takeSocketError } from '../../src/kernel/sockopt.js';
+import { blackholeUpstream } from '../helpers/blackhole.js';
 import { connect, fdCount, sleep, startRouteProxy, startServer, waitFor, type LoggedConnection } from '../helpers/proxy.js';
 
 type First = 'client' | 'server' | 'both';
@@ -189,3 +191,35 @@ for (const first of ['client', 'server', 'both'] as const) {
     }
   }
 }
+
+// Before the relay starts, the client socket is not read (it is accepted paused while the
+// upstream connect runs). A client that sends its request and then crashes (RST) in that window
+// must reach the upstream as a reset, never as the request followed by a clean FIN — which is
+// what libuv's EOF for a reset socket with unread bytes would otherwise produce.
+test('client sends, then RST while the proxy is still connecting: the upstream gets an RST, not a FIN', { timeout: 30_000 }, async (t) => {
+  const up = await blackholeUpstream();
+  t.after(() => up.close());
+  const px = await startRouteProxy(up.port, { timeouts: { connect: '20s' } });
+  t.after(() => px.close());
+  const client = await connect(px.port);
+  client.on('error', () => {});
+  client.write('a request the client will not stand behind');
+  await waitFor(() => px.proxy.registry.size === 1, 5000, 'accept');
+  const conn = [...px.proxy.registry.all()][0]!;
+  await sleep(100);
+  client.resetAndDestroy();
+  await sleep(100);
+  assert.equal(conn.connectedAt, 0, 'the upstream connect should still be pending');
+  up.admitNext(); // the proxy's next SYN retransmission gets through
+  await within(
+    waitFor(() => conn.connectedAt > 0, 10_000, 'the upstream connect'),
+    'the upstream connect',
+    12_000,
+  );
+  const upstream = up.acceptSocket(); // not read: what it was sent is what the kernel says
+  t.after(() => upstream.destroy());
+  const [entry] = await within(px.closed(1), 'the access-log entry');
+  assert.equal(entry!.reason, 'downstream-reset', JSON.stringify(entry));
+  assert.equal((entry!.clientToServer as { state: string }).state, 'reset');
+  await waitFor(() => takeSocketError(socketFd(upstream)) === 'ECONNRESET', 5000, 'the RST at the upstream');
+});

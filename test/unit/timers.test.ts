@@ -5,8 +5,8 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import koffi from 'koffi';
+import type net from 'node:net';
+import { blackholeUpstream } from '../helpers/blackhole.js';
 import { connect, fdCount, observe, sleep, startRouteProxy, startServer, waitFor, type LoggedConnection, type Observed } from '../helpers/proxy.js';
 
 interface Pair {
@@ -68,40 +68,8 @@ async function writeFails(s: net.Socket): Promise<string> {
   });
 }
 
-/**
- * A listening socket on 127.0.0.1 that never accepts, with a backlog of 0 (node:net always
- * accepts, hence libc through koffi). Once one connection waits in its accept queue, the kernel
- * drops further SYNs: a connect to it neither succeeds nor fails, like a black-holed upstream.
- */
-async function unansweringUpstream(): Promise<{ port: number; close(): void }> {
-  const lib = koffi.load('libc.so.6');
-  const socket = lib.func('int socket(int, int, int)');
-  const bind = lib.func('int bind(int, uint8_t *addr, uint32_t len)');
-  const listen = lib.func('int listen(int, int)');
-  const close = lib.func('int close(int)');
-  const getsockname = lib.func('int getsockname(int, _Out_ uint8_t *addr, _Inout_ uint32_t *len)');
-  const fd = socket(2 /* AF_INET */, 1 /* SOCK_STREAM */, 0) as number;
-  const addr = Buffer.alloc(16);
-  addr.writeUInt16LE(2, 0); // sin_family; port 0: the kernel picks one
-  addr.set([127, 0, 0, 1], 4);
-  assert.equal(bind(fd, addr, 16), 0, 'bind');
-  assert.equal(listen(fd, 0), 0, 'listen');
-  const out = Buffer.alloc(16);
-  getsockname(fd, out, [16]);
-  const port = out.readUInt16BE(2);
-  const filler = net.connect(port, '127.0.0.1'); // fills the accept queue
-  await new Promise((r) => filler.once('connect', r));
-  return {
-    port,
-    close() {
-      filler.destroy();
-      close(fd);
-    },
-  };
-}
-
 test('connect timeout resets the client (never a clean EOF) with connect-timeout and leaves no socket behind', async (t) => {
-  const up = await unansweringUpstream();
+  const up = await blackholeUpstream();
   t.after(() => up.close());
   const px = await startRouteProxy(up.port, { timeouts: { connect: '500ms', idle: '0' } });
   t.after(() => px.close());
