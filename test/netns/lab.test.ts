@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -52,12 +52,23 @@ function pidsSeen(r: LabResult): Set<number> {
   return pids;
 }
 
-const labDirs = (): string[] => readdirSync(os.tmpdir()).filter((d) => d.startsWith('halfclose-lab-'));
+// Each test gives the lab a TMPDIR of its own, so the work directories it checks are this run's
+// alone (another lab on the machine may be creating its own at the same time).
+const privateTmp = (t: { after(fn: () => void): void }): string => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'hc-lab-test-'));
+  chmodSync(dir, 0o755); // the sidecars (uid 1337) read their configs below it
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+};
+const labDirs = (tmp: string): string[] => readdirSync(tmp).filter((d) => d.startsWith('halfclose-lab-'));
 
 test('lab matrix: leaks, lost messages and clean-up as the kernel shows them', async (t) => {
   const names: string[] = [];
   const onTopology = (_: string, topo: { pod: string; svc: string }): void => void names.push(topo.pod, topo.svc);
-  const dirsBefore = new Set(labDirs());
+  const tmp = privateTmp(t);
+  const tmpBefore = process.env.TMPDIR;
+  process.env.TMPDIR = tmp; // os.tmpdir() reads it at each call: the lab's work directories go there
+  t.after(() => (tmpBefore === undefined ? delete process.env.TMPDIR : (process.env.TMPDIR = tmpBefore)));
   const iptablesBefore = (await run('iptables-save', [])).stdout.replace(/^#.*\n/gm, '');
   // halfclose in every scenario; the peers only where the story needs them. Both in parallel.
   const [hc, peers] = await Promise.all([
@@ -118,7 +129,7 @@ test('lab matrix: leaks, lost messages and clean-up as the kernel shows them', a
     assert.ok(pids.length > 10, 'the snapshots named the processes');
     assert.deepEqual(pids.filter(alive), []);
     assert.equal((await run('iptables-save', [])).stdout.replace(/^#.*\n/gm, ''), iptablesBefore);
-    assert.deepEqual(labDirs().filter((d) => !dirsBefore.has(d)), []);
+    assert.deepEqual(labDirs(tmp), []);
   });
 
   await t.test('the report renders in Chromium with one diagram per step', async () => {
@@ -148,10 +159,10 @@ test('lab matrix: leaks, lost messages and clean-up as the kernel shows them', a
   });
 });
 
-test('an interrupted lab (SIGINT) leaves no namespace, process or work directory', async () => {
+test('an interrupted lab (SIGINT) leaves no namespace, process or work directory', async (t) => {
   const before = new Set(await listNetns());
-  const dirsBefore = new Set(labDirs());
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'lab', '--scenario', 'seed', '--proxy', 'haproxy,socat', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const tmp = privateTmp(t);
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/main.js'), 'lab', '--scenario', 'seed', '--proxy', 'haproxy,socat', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
   const exited = once(child, 'exit');
@@ -176,7 +187,7 @@ test('an interrupted lab (SIGINT) leaves no namespace, process or work directory
   // SIGKILL is delivered at once but a dying process takes a moment to be reaped.
   for (let i = 0; i < 50 && pids.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
   assert.deepEqual(pids.filter(alive), []);
-  assert.deepEqual(labDirs().filter((d) => !dirsBefore.has(d)), []);
+  assert.deepEqual(labDirs(tmp), []);
   assert.ok(!existsSync(`/run/netns/${ours[0]}`));
 });
 
