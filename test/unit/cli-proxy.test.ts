@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import net from 'node:net';
 import os from 'node:os';
@@ -176,4 +176,41 @@ test('a real run: relays a connection, writes its access-log line to stdout, and
   const [code] = await exited;
   assert.equal(code, 0, stderr);
   assert.match(stderr, /"msg":"drained; exiting"/);
+});
+
+test('--access-log FILE writes the lines to the file (directories created), not to stdout', async (t) => {
+  const upstream = net.createServer({ allowHalfOpen: true }, (s) => s.on('end', () => s.end('bye')).resume());
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  t.after(() => upstream.close());
+  const upPort = (upstream.address() as net.AddressInfo).port;
+  const logFile = path.join(dir, 'logs', 'access.json');
+  const child = spawn(process.execPath, [BIN, 'proxy', '--admin', 'off', '--access-log', logFile, '--route', `127.0.0.1:0=127.0.0.1:${upPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = once(child, 'exit');
+  const deadline = Date.now() + 15_000;
+  while (!/"msg":"listening"/.test(stderr)) {
+    assert.ok(Date.now() < deadline && child.exitCode === null, `proxy did not start: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const listening = JSON.parse(stderr.split('\n').find((l) => l.includes('"msg":"listening"'))!);
+  const c = net.connect({ port: Number(String(listening.listeners[0].address).split(':').pop()), host: '127.0.0.1', allowHalfOpen: true });
+  c.resume();
+  await once(c, 'connect');
+  c.end();
+  await once(c, 'end');
+  child.kill('SIGTERM');
+  const [code] = await exited;
+  assert.equal(code, 0, stderr);
+  assert.equal(stdout, '', 'nothing on stdout');
+  const lines = readFileSync(logFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(lines.length, 1);
+  assert.equal(lines[0].reason, 'both-fin');
+  assert.equal(lines[0].serverToClient.bytes, 3);
 });
