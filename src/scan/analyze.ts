@@ -151,14 +151,16 @@ export function analyze(input: ScanInput): ScanReport {
   const notes: string[] = [];
   const socks = input.sockets;
   const haveOwners = socks.some((s) => s.owners.length > 0);
-  const haveIdle = socks.some((s) => idleOf(s) !== null);
+  // Only connected sockets a process holds carry lastsnd/lastrcv/lastack; LISTEN and TIME-WAIT never do.
+  const timed = socks.filter((s) => s.state !== 'LISTEN' && s.state !== 'TIME-WAIT');
+  const haveIdle = timed.some((s) => idleOf(s) !== null);
 
   const listeners = socks.filter((s) => s.state === 'LISTEN' && portSet.has(s.local.port));
   const sidecarPids = new Map<number, string>();
   for (const l of listeners) for (const o of l.owners) sidecarPids.set(o.pid, o.name);
   if (listeners.length === 0) notes.push(`no listener on port ${proxyPorts.join(' or ')}: no sidecar found by its ports (use --proxy-ports)`);
   if (!haveOwners && socks.length > 0) notes.push('the ss input shows no owning processes (capture with ss -p, as root): sockets are paired without owners');
-  if (!haveIdle && socks.length > 0) notes.push('the ss input has no -i detail (lastsnd/lastrcv/lastack): ages are unknown and pairing cannot use timing');
+  if (!haveIdle && timed.length > 0) notes.push('the ss input has no -i detail (lastsnd/lastrcv/lastack): ages are unknown and pairing cannot use timing');
   if (input.conntrack === null) notes.push(`no conntrack table${input.conntrackNote ? ` (${input.conntrackNote})` : ''}: a connection is judged only by whether the app's socket still exists`);
 
   // Every local endpoint in the namespace, and every local host: the app's socket, if it lives here, is one of them.
