@@ -19,13 +19,15 @@ const LIMIT = 1 << 20;
 // high-water mark plus the 64 KiB read that crossed it). Measured peak: LIMIT + 128 KiB.
 const BOUND = LIMIT + 256 * 1024;
 
-test('a slow reader behind 200 MB keeps the bytes the proxy holds under the buffer limit', { timeout: 120_000 }, async (t) => {
+for (const direction of ['client->server', 'server->client'] as const) {
+test(`a slow reader behind 200 MB (${direction}) keeps the bytes the proxy holds under the buffer limit`, { timeout: 120_000 }, async (t) => {
   let server: net.Socket | null = null;
   let client: net.Socket | null = null;
   const up = await startServer((s) => {
     server = s;
     s.pause();
   });
+  const c2s = direction === 'client->server';
   const px = await startRouteProxy(up.port, { bufferLimit: LIMIT });
   t.after(async () => {
     // A paused socket does not notice a reset: destroy our peers, or server.close() waits forever.
@@ -35,10 +37,14 @@ test('a slow reader behind 200 MB keeps the bytes the proxy holds under the buff
     await up.close();
   });
   client = await connect(px.port);
+  client.pause();
   await waitFor(() => server !== null, 5000, 'upstream accept');
-  const srv = server! as net.Socket;
   const conn = [...px.proxy.registry.all()][0]!;
-  const held = (): number => (conn.upstream?.writableLength ?? 0) + conn.client.readableLength;
+  // The fast writer and the slow reader, and the proxy's own sockets on each side.
+  const [fast, srv] = c2s ? [client, server! as net.Socket] : [server! as net.Socket, client];
+  const dir = c2s ? conn.c2s : conn.s2c;
+  const held = (): number =>
+    c2s ? (conn.upstream?.writableLength ?? 0) + conn.client.readableLength : conn.client.writableLength + (conn.upstream?.readableLength ?? 0);
 
   // The client writes as fast as the proxy accepts, honouring its own backpressure.
   const sentHash = createHash('sha256');
@@ -47,28 +53,28 @@ test('a slow reader behind 200 MB keeps the bytes the proxy holds under the buff
     while (sent < TOTAL) {
       sentHash.update(BLOCK);
       sent += BLOCK.length;
-      if (!client.write(BLOCK)) await new Promise((r) => client.once('drain', r));
+      if (!fast.write(BLOCK)) await new Promise((r) => fast.once('drain', r));
     }
-    client.end();
+    fast.end();
   })();
 
   let maxHeld = 0;
   let pausedSeen = 0;
   const sampler = setInterval(() => {
     maxHeld = Math.max(maxHeld, held());
-    if (conn.c2s.paused) pausedSeen++;
+    if (dir.paused) pausedSeen++;
   }, 5);
   const rssBefore = process.memoryUsage().rss;
   let maxRss = rssBefore;
 
   // Phase 1: the reader reads nothing. The proxy must stop reading the client, not buffer.
-  await waitFor(() => conn.c2s.paused, 10_000, 'the proxy to pause reading the client');
+  await waitFor(() => dir.paused, 10_000, 'the proxy to pause reading the fast side');
   await sleep(500);
-  const stalledAt = conn.c2s.bytes;
+  const stalledAt = dir.bytes;
   await sleep(500);
-  assert.equal(conn.c2s.bytes, stalledAt, 'the proxy kept reading the client while the upstream was not draining');
+  assert.equal(dir.bytes, stalledAt, 'the proxy kept reading the fast side while the slow one was not draining');
   assert.ok(held() <= BOUND, `held ${held()} bytes with the reader stopped`);
-  assert.ok(sent < TOTAL, 'the client could push everything: nothing was held back');
+  assert.ok(sent < TOTAL, 'the writer could push everything: nothing was held back');
 
   // Phase 2: the reader reads in bursts with pauses in between, until all 200 MB are through.
   const gotHash = createHash('sha256');
@@ -102,8 +108,9 @@ test('a slow reader behind 200 MB keeps the bytes the proxy holds under the buff
   srv.end();
   await px.closed(1);
   assert.equal(px.log[0]!.reason, 'both-fin');
-  assert.equal((px.log[0]!.clientToServer as { bytes: number }).bytes, TOTAL);
+  assert.equal((px.log[0]![c2s ? 'clientToServer' : 'serverToClient'] as { bytes: number }).bytes, TOTAL);
 });
+}
 
 // While the proxy is not reading a side (its destination is full), nothing would notice that side's
 // RST: the connection would hang on, unreset, until the stuck reader drained — maybe never. And
