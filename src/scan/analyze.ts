@@ -327,7 +327,7 @@ export function analyze(input: ScanInput): ScanReport {
     portHazards.push({
       app: f.app.endpoint,
       heldBy: f.downstream.local,
-      explanation: `a new connection from ${f.app.endpoint} is redirected onto the stale FIN-WAIT-2 socket ${f.downstream.local} and gets a challenge ACK instead of a SYN-ACK: the app sees a connect timeout`,
+      explanation: `a new connection from ${f.app.endpoint} is redirected onto the stale FIN-WAIT-2 socket ${f.downstream.local} and gets a challenge ACK instead of a SYN-ACK: the app's RST then clears it and the connect is delayed, or, where conntrack marks that RST INVALID (older kernels), the app sees a connect timeout`,
     });
   }
 
