@@ -4,7 +4,7 @@
 import net from 'node:net';
 import type { Endpoint } from '../util/address.js';
 import type { CloseReason } from './registry.js';
-import { UpstreamReader } from './relay.js';
+import { UPSTREAM_ONREAD } from './relay.js';
 
 export type ConnectResult = { ok: true; socket: net.Socket } | { ok: false; reason: CloseReason; detail: string };
 
@@ -32,16 +32,14 @@ function reasonFor(err: NodeJS.ErrnoException): CloseReason {
 export function connectUpstream(target: Endpoint, opts: ConnectOptions): Promise<ConnectResult> {
   return new Promise((resolve) => {
     // Reads go through the relay's reusable buffers instead of a fresh 64 KiB allocation each.
-    const reader = new UpstreamReader();
     const socket = net.connect({
-      onread: reader.onread,
+      onread: UPSTREAM_ONREAD,
       host: target.host,
       port: target.port,
       allowHalfOpen: true,
       noDelay: true,
       ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
     });
-    reader.bind(socket);
     let timer: NodeJS.Timeout | null = null;
     const done = (r: ConnectResult): void => {
       if (timer) clearTimeout(timer);

@@ -64,55 +64,54 @@ export function reasonForError(side: Side, err: NodeJS.ErrnoException, conn: Con
 const READ_BUFFER_BYTES = 64 * 1024;
 /** A read at least this big means a bulk transfer: the next read gets a private buffer. */
 const BULK_READ_BYTES = 16 * 1024;
-/** Private buffers kept for reuse after their connection went quiet or closed. */
+/** Private buffers kept for reuse once their transfer went quiet. */
 const POOL_MAX = 32;
 const pool: Buffer[] = [];
 /** Every quiet upstream socket reads into this one; a chunk read into it is copied out at once. */
-const shared = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
-const readers = new WeakMap<net.Socket, UpstreamReader>();
+const shared: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+/** The buffer for the read that follows the one being handled (Node asks right after the callback). */
+let nextBuf: Buffer = shared;
+const kSink = Symbol('halfclose.relay.sink');
+const kEarly = Symbol('halfclose.relay.early');
+
+interface ReadSocket extends net.Socket {
+  /** The relay's chunk handler: true when the destination kept (part of) the chunk queued. */
+  [kSink]?: (chunk: Buffer) => boolean;
+  /** Chunks read before the relay started. */
+  [kEarly]?: Buffer[];
+}
 
 /**
- * Reads an upstream socket with net.connect's `onread` instead of Node's fresh 64 KiB allocation per
- * read. A quiet socket (idle, or small messages) reads into one buffer shared by all of them and
- * its chunk is copied out (nread bytes, not 64 KiB), so an idle connection holds no buffer of its
- * own. A socket in a bulk transfer gets a private buffer from a small pool, written from directly
- * and reused as long as each chunk left the process synchronously; a chunk the destination had to
- * queue keeps its buffer (garbage once written) and the next read gets another.
+ * `onread` for upstream sockets (net.connect): reads land in reused buffers instead of Node's fresh
+ * 64 KiB allocation per read. A quiet socket (idle, or small messages) reads into one buffer shared
+ * by all of them and its chunk is copied out (nread bytes), so an idle connection holds no buffer
+ * of its own. A socket in a bulk transfer gets a private buffer from a small pool, written from
+ * directly and reused as long as each chunk left the process synchronously; a chunk the destination
+ * had to queue keeps its buffer (garbage once written) and the next read gets another. One object
+ * for every socket: no per-connection allocation.
  */
-export class UpstreamReader {
-  private buf: Buffer = shared;
-  /** The destination still holds (part of) a chunk that lives in the private `buf`. */
-  retained = false;
-  /** The relay's chunk handler; chunks read before it is set are kept. */
-  sink: ((chunk: Buffer) => void) | null = null;
-  readonly early: Buffer[] = [];
-  readonly onread: net.OnReadOpts = {
-    buffer: () => this.buf,
-    callback: (n: number, buf: Uint8Array) => {
-      const priv = buf !== shared;
-      // A private buffer is written from directly; the shared one must be free for the next read.
-      const chunk = priv ? (buf as Buffer).subarray(0, n) : Buffer.from((buf as Buffer).subarray(0, n));
-      this.retained = false;
-      if (this.sink) this.sink(chunk);
-      else this.early.push(priv ? Buffer.from(chunk) : chunk);
-      if (n >= BULK_READ_BYTES) {
-        if (!priv || this.retained) this.buf = pool.pop() ?? Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
-      } else if (priv) {
-        if (!this.retained && pool.length < POOL_MAX) pool.push(buf as Buffer);
-        this.buf = shared;
-      }
-      return true; // flow control is the relay's: pause() and resume()
-    },
-  };
-  bind(socket: net.Socket): void {
-    readers.set(socket, this);
-  }
-  /** The socket closed: its private buffer, if free, goes back to the pool. */
-  release(): void {
-    if (this.buf !== shared && !this.retained && pool.length < POOL_MAX) pool.push(this.buf);
-    this.buf = shared;
-  }
-}
+export const UPSTREAM_ONREAD: net.OnReadOpts = {
+  buffer: () => {
+    const b = nextBuf;
+    nextBuf = shared;
+    return b;
+  },
+  callback(this: ReadSocket, n: number, buf: Uint8Array): boolean {
+    const priv = buf !== shared;
+    // A private buffer is written from directly; the shared one must be free for the next read.
+    const chunk = priv ? (buf as Buffer).subarray(0, n) : Buffer.from((buf as Buffer).subarray(0, n));
+    const sink = this[kSink];
+    let retained = true;
+    if (sink !== undefined) retained = sink(chunk);
+    else (this[kEarly] ??= []).push(priv ? Buffer.from(chunk) : chunk);
+    if (n >= BULK_READ_BYTES) {
+      nextBuf = priv && !retained ? (buf as Buffer) : (pool.pop() ?? Buffer.allocUnsafeSlow(READ_BUFFER_BYTES));
+    } else if (priv && !retained && pool.length < POOL_MAX) {
+      pool.push(buf as Buffer);
+    }
+    return true; // flow control is the relay's: pause() and resume()
+  },
+};
 
 /** How often a source whose reading is paused (backpressure) is checked for a reset. */
 const PAUSED_RESET_POLL_MS = 500;
@@ -122,10 +121,8 @@ export function startRelay(conn: Connection, bufferLimitBytes: number, events: R
   const client = conn.client;
   const upstream = conn.upstream!;
   let open = 2;
-  const reader = readers.get(upstream);
   const onClose = (): void => {
     if (--open > 0) return;
-    reader?.release();
     if (conn.reason === null) {
       conn.reason = conn.c2s.state === 'fin-forwarded' && conn.s2c.state === 'fin-forwarded' ? 'both-fin' : 'downstream-error';
     }
@@ -172,28 +169,29 @@ function pump(
     dir.paused = false;
     src.resume();
   };
-  const reader = readers.get(src);
-  const onChunk = (chunk: Buffer): void => {
+  const onChunk = (chunk: Buffer): boolean => {
     dir.bytes += chunk.length;
     conn.lastActivityAt = Date.now();
     // Bounded memory: past the limit, stop reading until the destination has drained.
     // write() returns false once past the stream's high-water mark, so 'drain' is guaranteed.
-    const ok = dst.write(chunk);
-    if (reader !== undefined && dst.writableLength > 0) reader.retained = true;
-    if (!ok && dst.writableLength >= limit && !dir.paused) {
+    if (!dst.write(chunk) && dst.writableLength >= limit && !dir.paused) {
       dir.paused = true;
       src.pause();
       dst.once('drain', resume);
       watchForReset();
     }
+    return dst.writableLength > 0;
   };
-  if (reader) {
-    reader.sink = onChunk;
-    for (const c of reader.early.splice(0)) onChunk(c);
-    src.resume(); // flowing, so that EOF is seen as 'end'
-  } else {
-    src.on('data', onChunk);
+  // An upstream socket made with UPSTREAM_ONREAD hands its chunks to the sink; any other socket
+  // emits 'data'. Listening to 'data' also puts the socket in flowing mode, so EOF becomes 'end'.
+  const rs = src as ReadSocket;
+  rs[kSink] = onChunk;
+  const early = rs[kEarly];
+  if (early !== undefined) {
+    rs[kEarly] = undefined;
+    for (const c of early) onChunk(c);
   }
+  src.on('data', onChunk);
   src.on('end', () => {
     if (dir.state !== 'open') return;
     // libuv reports EOF, not the error, for a socket that was reset while it still held unread
