@@ -91,9 +91,11 @@ function cell(r: BenchResults, row: Row, name: string): string {
   if (!Number.isFinite(v)) return row.key.startsWith('mem') && name === 'direct' ? '' : '–';
   if (name === 'direct') return row.added ? `${fmt(v, row.digits)} (round trip)` : fmt(v, row.digits);
   const sign = row.added && v >= 0 ? '+' : '';
-  const h = value(r, 'haproxy', row.key, row.added === true);
-  // A ratio of two added latencies means something only when both are above the direct round trip.
-  const ratio = name !== 'haproxy' && Number.isFinite(h) && h > 0 && v > 0 ? ` (${(v / h).toFixed(2)}×)` : '';
+  // Latency ratios compare whole round trips: added latencies of a few µs sit in the noise, and a
+  // ratio of two of them (or of a negative one) says nothing.
+  const a = value(r, name, row.key, false);
+  const h = value(r, 'haproxy', row.key, false);
+  const ratio = name !== 'haproxy' && Number.isFinite(h) && h > 0 && a > 0 ? ` (${(a / h).toFixed(2)}×)` : '';
   return `${sign}${fmt(v, row.digits)}${ratio}`;
 }
 
@@ -132,7 +134,7 @@ export function renderMarkdown(r: BenchResults): string {
   );
   lines.push('');
   lines.push(
-    `Medians of ${r.params.reps} repetition(s): iperf3 ${r.params.iperfSeconds} s per run; ${r.params.latencyCount} round trips per latency run; connection rate over up to ${r.params.connCount} connections or ${r.params.connMaxMs / 1000} s; memory with ${r.params.idleConnections} idle connections in a fresh process (halfclose, HAProxy, nginx: RSS; socat: PSS of its process tree). Ratios are to HAProxy (higher is better for throughput and rate, lower for latency and memory); added latency is the proxy's round trip minus the direct one, so it can come out slightly negative when a median lands in the noise. Every run's figure is in results.json.`,
+    `Medians of ${r.params.reps} repetition(s): iperf3 ${r.params.iperfSeconds} s per run; ${r.params.latencyCount} round trips per latency run; connection rate over up to ${r.params.connCount} connections or ${r.params.connMaxMs / 1000} s; memory with ${r.params.idleConnections} idle connections in a fresh process (halfclose, HAProxy, nginx: RSS; socat: PSS of its process tree). Ratios are to HAProxy (higher is better for throughput and rate, lower for latency and memory); added latency is the proxy's round trip minus the direct one, so it can come out slightly negative when a median lands in the noise, and its ratio is that of the whole round trips. Every run's figure is in results.json.`,
   );
   lines.push('');
   lines.push(`| | ${names.join(' | ')} |`);
