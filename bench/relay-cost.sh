@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The relay's CPU cost, for measuring one optimisation at a time: halfclose's own CPU time (user +
 # system, from /proc/PID/stat) per GB relayed each way, per 1,000 connections and per 1,000 round
-# trips, with the rate achieved. On a shared machine a rate swings with everyone else's load; the
+# trips, with the rate achieved; and its resident memory per idle connection (5,000 held open). On a shared machine a rate swings with everyone else's load; the
 # CPU a fixed amount of work costs the proxy swings much less. Medians of REPS runs.
 #
 # usage: bench/relay-cost.sh [REPS] [REPO] [MODES]
-#   REPO: a built checkout (default this one); MODES: any of c2s s2c conn rtt (default all)
+#   REPO: a built checkout (default this one); MODES: any of c2s s2c conn rtt idle (default all)
 set -euo pipefail
 reps=${1:-5}
 repo=$(cd "${2:-$(dirname "$0")/..}" && pwd)
@@ -29,13 +29,14 @@ pids+=($!)
 sleep 0.5
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # One run: starts halfclose (pinned to the last CPU, as make bench does), measures MODE, prints
 # "cost rate".
 one() {
   set +e # a failed measurement prints "NaN NaN" and must still stop its halfclose
   local mode=$1 cpu=$(($(nproc) - 1))
-  taskset -c $cpu "$node" "$repo/bin/halfclose" proxy --admin 127.0.0.1:0 \
+  taskset -c $cpu "$node" ${HC_NODE_FLAGS:-} "$repo/bin/halfclose" proxy --admin 127.0.0.1:0 \
     --route 127.0.0.1:$p_route_echo=127.0.0.1:$p_echo --route 127.0.0.1:$p_route_iperf=127.0.0.1:$p_iperf \
     >"$work/access.log" 2>"$work/hc.err" &
   local hc=$!
@@ -65,6 +66,22 @@ one() {
       t1=$(cpu_ticks $hc)
       echo "$out" | "$node" -e 'const j=JSON.parse(require("fs").readFileSync(0));console.log(((+process.argv[1])/+process.argv[2]/(j.samples/1000)).toFixed(4), j.p50.toFixed(1))' $((t1 - t0)) "$tck" 2>/dev/null || echo NaN NaN
       ;;
+    idle)
+      # As make bench: 50 warm-up connections, RSS, then 5,000 idle connections held by another
+      # process (one byte echoed on each), RSS again 0.5 s later.
+      "$node" "$repo/dist/bench/workers.js" connrate port=$p_route_echo count=50 maxMs=2000 concurrency=10 </dev/null >/dev/null
+      sleep 0.3
+      local r0 r1 ip
+      r0=$(rss_kib $hc)
+      "$node" "$repo/dist/bench/workers.js" idle port=$p_route_echo count=5000 batch=100 >"$work/idle.out" 2>/dev/null < <(sleep 120) &
+      ip=$!
+      for _ in $(seq 600); do [[ -s $work/idle.out ]] && break; sleep 0.1; done
+      sleep "${IDLE_SETTLE:-0.5}"
+      r1=$(rss_kib $hc)
+      kill $ip 2>/dev/null
+      wait $ip 2>/dev/null
+      grep -q '"held":5000' "$work/idle.out" && echo "$r0 $r1" | awk '{printf "%.2f %.1f\n", ($2 - $1) / 5000, $2 / 1024}' || echo NaN NaN
+      ;;
   esac
   kill -TERM $hc
   wait $hc 2>/dev/null || true
@@ -75,8 +92,9 @@ declare -A label=(
   [s2c]="CPU s per GB server->client | Gbit/s"
   [conn]="CPU s per 1000 connections | conn/s (50 at a time)"
   [rtt]="CPU s per 1000 round trips (1 B) | p50 µs"
+  [idle]="KiB per idle connection (RSS, 5000 held) | MiB total"
 )
-for mode in ${3:-c2s s2c conn rtt}; do
+for mode in ${3:-c2s s2c conn rtt idle}; do
   costs=() rates=()
   for _ in $(seq "$reps"); do
     read -r c r < <(one $mode)
