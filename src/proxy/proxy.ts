@@ -13,7 +13,7 @@ import { FixedDestination, OriginalDestination, type DestinationResolver } from 
 import { ConntrackGuard, type GuardOptions } from './guard.js';
 import { bindListener, type BoundListener } from './listener.js';
 import { Connection, Registry, type CloseReason } from './registry.js';
-import { abortConnection, resetSocket, startRelay, type DirectionName } from './relay.js';
+import { abortConnection, resetSocket, startRelay, type DirectionName, type RelayEvents } from './relay.js';
 import { ConnectionTimers } from './timers.js';
 
 export interface ProxyObserver {
@@ -52,6 +52,14 @@ export class Proxy {
   /** One per pending drain(): a second drain (SIGTERM after POST /drain, a second signal) must not orphan the first. */
   private readonly whenEmpty = new Set<() => void>();
   private readonly resolverFor: ((l: ListenerConfig) => DestinationResolver) | undefined;
+  /** One for every connection (the relay passes the connection), not two closures per connection. */
+  private readonly relayEvents: RelayEvents = {
+    halfClosed: (c, dir) => {
+      this.timers.arm(c);
+      for (const o of this.observers) o.halfClosed?.(c, dir);
+    },
+    finished: (c) => this.finish(c),
+  };
 
   constructor(config: ProxyConfig, opts: ProxyOptions) {
     this.config = config;
@@ -144,13 +152,7 @@ export class Proxy {
         return;
       }
       for (const o of this.observers) o.connected?.(conn);
-      startRelay(conn, this.config.bufferLimitBytes, {
-        halfClosed: (c, dir) => {
-          this.timers.arm(c);
-          for (const o of this.observers) o.halfClosed?.(c, dir);
-        },
-        finished: (c) => this.finish(c),
-      });
+      startRelay(conn, this.config.bufferLimitBytes, this.relayEvents);
     });
   }
 

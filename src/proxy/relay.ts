@@ -71,12 +71,12 @@ const pool: Buffer[] = [];
 const shared: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
 /** The buffer for the read that follows the one being handled (Node asks right after the callback). */
 let nextBuf: Buffer = shared;
-const kSink = Symbol('halfclose.relay.sink');
+const kPump = Symbol('halfclose.relay.pump');
 const kEarly = Symbol('halfclose.relay.early');
 
 interface ReadSocket extends net.Socket {
-  /** The relay's chunk handler: true when the destination kept (part of) the chunk queued. */
-  [kSink]?: (chunk: Buffer) => boolean;
+  /** The direction this socket is the source of, once the relay has started. */
+  [kPump]?: Pump;
   /** Chunks read before the relay started. */
   [kEarly]?: Buffer[];
 }
@@ -100,9 +100,9 @@ export const UPSTREAM_ONREAD: net.OnReadOpts = {
     const priv = buf !== shared;
     // A private buffer is written from directly; the shared one must be free for the next read.
     const chunk = priv ? (buf as Buffer).subarray(0, n) : Buffer.from((buf as Buffer).subarray(0, n));
-    const sink = this[kSink];
+    const pump = this[kPump];
     let retained = true;
-    if (sink !== undefined) retained = sink(chunk);
+    if (pump !== undefined) retained = pump.chunk(chunk);
     else (this[kEarly] ??= []).push(priv ? Buffer.from(chunk) : chunk);
     if (n >= BULK_READ_BYTES) {
       nextBuf = priv && !retained ? (buf as Buffer) : (pool.pop() ?? Buffer.allocUnsafeSlow(READ_BUFFER_BYTES));
@@ -116,89 +116,70 @@ export const UPSTREAM_ONREAD: net.OnReadOpts = {
 /** How often a source whose reading is paused (backpressure) is checked for a reset. */
 const PAUSED_RESET_POLL_MS = 500;
 
-/** Starts relaying between conn.client and conn.upstream (both connected). */
-export function startRelay(conn: Connection, bufferLimitBytes: number, events: RelayEvents): void {
-  const client = conn.client;
-  const upstream = conn.upstream!;
-  let open = 2;
-  const onClose = (): void => {
-    if (--open > 0) return;
-    if (conn.reason === null) {
-      conn.reason = conn.c2s.state === 'fin-forwarded' && conn.s2c.state === 'fin-forwarded' ? 'both-fin' : 'downstream-error';
-    }
-    conn.closedAt = Date.now();
-    events.finished(conn);
-  };
-  client.once('close', onClose);
-  upstream.once('close', onClose);
-  pump(conn, client, upstream, conn.c2s, 'c2s', 'downstream', bufferLimitBytes, events);
-  pump(conn, upstream, client, conn.s2c, 's2c', 'upstream', bufferLimitBytes, events);
-  client.resume();
-}
+/**
+ * One direction of one connection: everything its socket events need. The event handlers below
+ * are shared by every socket (Node calls them with `this` = the socket, which carries its Pump), so
+ * a connection costs two of these small objects instead of a dozen closures and their contexts.
+ */
+class Pump {
+  /** The other direction (whose source is this one's destination). */
+  peer!: Pump;
+  /** This direction's source socket has emitted 'close'. */
+  closed = false;
+  /** While reading is paused, nothing watches the source: an RST from it would go unnoticed until
+   *  the destination drains, which may be never (a stuck reader). Its socket error is polled instead. */
+  resetWatch: NodeJS.Timeout | null = null;
 
-function pump(
-  conn: Connection,
-  src: net.Socket,
-  dst: net.Socket,
-  dir: Direction,
-  name: DirectionName,
-  srcSide: Side,
-  limit: number,
-  events: RelayEvents,
-): void {
-  // While reading is paused, nothing watches the source: an RST from it would go unnoticed until
-  // the destination drains, which may be never (a stuck reader). Its socket error is polled instead.
-  let resetWatch: NodeJS.Timeout | null = null;
-  const stopWatch = (): void => {
-    if (resetWatch) clearInterval(resetWatch);
-    resetWatch = null;
-  };
-  const watchForReset = (): void => {
-    resetWatch = setInterval(() => {
-      const code = pendingResetOf(src);
-      if (code === null) return;
-      stopWatch();
-      if (conn.reason === null) conn.error = `${srcSide}: ${code} (while reading from it was paused)`;
-      abortConnection(conn, reasonForError(srcSide, Object.assign(new Error(code), { code }), conn));
-    }, PAUSED_RESET_POLL_MS);
-    resetWatch.unref();
-  };
-  src.once('close', stopWatch);
-  const resume = (): void => {
-    stopWatch();
-    dir.paused = false;
-    src.resume();
-  };
-  const onChunk = (chunk: Buffer): boolean => {
+  constructor(
+    readonly conn: Connection,
+    readonly src: net.Socket,
+    readonly dst: net.Socket,
+    readonly dir: Direction,
+    readonly name: DirectionName,
+    readonly srcSide: Side,
+    readonly limit: number,
+    readonly events: RelayEvents,
+  ) {}
+
+  /** Relays one chunk; true when the destination kept (part of) it queued. */
+  chunk(chunk: Buffer): boolean {
+    const dir = this.dir;
+    const dst = this.dst;
     dir.bytes += chunk.length;
-    conn.lastActivityAt = Date.now();
+    this.conn.lastActivityAt = Date.now();
     // Bounded memory: past the limit, stop reading until the destination has drained.
     // write() returns false once past the stream's high-water mark, so 'drain' is guaranteed.
-    if (!dst.write(chunk) && dst.writableLength >= limit && !dir.paused) {
+    if (!dst.write(chunk) && dst.writableLength >= this.limit && !dir.paused) {
       dir.paused = true;
-      src.pause();
-      dst.once('drain', resume);
-      watchForReset();
+      this.src.pause();
+      dst.once('drain', onDstDrain);
+      this.resetWatch = setInterval(pollPausedSource, PAUSED_RESET_POLL_MS, this);
+      this.resetWatch.unref();
     }
     return dst.writableLength > 0;
-  };
-  // An upstream socket made with UPSTREAM_ONREAD hands its chunks to the sink; any other socket
-  // emits 'data'. Listening to 'data' also puts the socket in flowing mode, so EOF becomes 'end'.
-  const rs = src as ReadSocket;
-  rs[kSink] = onChunk;
-  const early = rs[kEarly];
-  if (early !== undefined) {
-    rs[kEarly] = undefined;
-    for (const c of early) onChunk(c);
   }
-  src.on('data', onChunk);
-  src.on('end', () => {
+
+  stopWatch(): void {
+    if (this.resetWatch) clearInterval(this.resetWatch);
+    this.resetWatch = null;
+  }
+
+  resume(): void {
+    this.stopWatch();
+    this.dir.paused = false;
+    this.src.resume();
+  }
+
+  /** The source read EOF. */
+  eof(): void {
+    const { conn, dir, srcSide } = this;
     if (dir.state !== 'open') return;
     // libuv reports EOF, not the error, for a socket that was reset while it still held unread
     // bytes (POLLHUP after a partial read): an RST that arrived while reading was paused. The
     // kernel kept the reset as the socket's error; forwarding a FIN would pass a crash off as a
-    // complete stream.
-    const reset = pendingResetOf(src);
+    // complete stream. (Not only while paused: a FIN and then an RST that both arrive before the
+    // loop reads also end in EOF, since the kernel reports the FIN first.)
+    const reset = pendingResetOf(this.src);
     if (reset !== null) {
       if (conn.reason === null) conn.error = `${srcSide}: ${reset} (after its last bytes)`;
       abortConnection(conn, reasonForError(srcSide, Object.assign(new Error(reset), { code: reset }), conn));
@@ -208,14 +189,14 @@ function pump(
     dir.finReceivedAt = Date.now();
     conn.lastActivityAt = dir.finReceivedAt;
     if (conn.halfClosedAt === 0) conn.halfClosedAt = dir.finReceivedAt;
-    events.halfClosed(conn, name);
+    this.events.halfClosed(conn, this.name);
     // end() shuts down the write side once everything queued before it has been written.
-    dst.end((err?: Error | null) => {
+    this.dst.end((err?: Error | null) => {
       if (err || dir.state !== 'fin-received') return; // failed or aborted: the error path has it
       // Node ignores shutdown()'s own result, so a FIN "forwarded" into a socket the peer had
       // already reset (an RST that arrived after that socket's EOF, while libuv was not reading
       // it) would look like a clean both-fin. The kernel kept the reset as the socket's error.
-      const code = pendingResetOf(dst);
+      const code = pendingResetOf(this.dst);
       if (code !== null) {
         const dstSide: Side = srcSide === 'downstream' ? 'upstream' : 'downstream';
         if (conn.reason === null) conn.error = `${dstSide}: ${code} (reset before our FIN reached it)`;
@@ -225,13 +206,78 @@ function pump(
       dir.state = 'fin-forwarded';
       dir.finForwardedAt = Date.now();
     });
-  });
-  src.on('error', (err: NodeJS.ErrnoException) => {
+  }
+
+  error(err: NodeJS.ErrnoException): void {
+    const conn = this.conn;
+    if (conn.reason === null) conn.error = `${this.srcSide}: ${err.code ?? err.message}`;
+    abortConnection(conn, reasonForError(this.srcSide, err, conn));
+  }
+
+  /** The source socket closed; the connection ends when both have. */
+  close(): void {
+    this.stopWatch();
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.peer.closed) return;
+    const conn = this.conn;
     if (conn.reason === null) {
-      conn.error = `${srcSide}: ${err.code ?? err.message}`;
+      conn.reason = conn.c2s.state === 'fin-forwarded' && conn.s2c.state === 'fin-forwarded' ? 'both-fin' : 'downstream-error';
     }
-    abortConnection(conn, reasonForError(srcSide, err, conn));
-  });
+    conn.closedAt = Date.now();
+    this.events.finished(conn);
+  }
+}
+
+// Shared socket event handlers: `this` is the socket, its Pump the direction it is the source of.
+function onSrcData(this: ReadSocket, chunk: Buffer): void {
+  this[kPump]!.chunk(chunk);
+}
+function onSrcEnd(this: ReadSocket): void {
+  this[kPump]!.eof();
+}
+function onSrcError(this: ReadSocket, err: NodeJS.ErrnoException): void {
+  this[kPump]!.error(err);
+}
+function onSrcClose(this: ReadSocket): void {
+  this[kPump]!.close();
+}
+/** 'drain' on a destination: resume the direction that writes into it (the peer of its own). */
+function onDstDrain(this: ReadSocket): void {
+  this[kPump]!.peer.resume();
+}
+function pollPausedSource(p: Pump): void {
+  const code = pendingResetOf(p.src);
+  if (code === null) return;
+  p.stopWatch();
+  if (p.conn.reason === null) p.conn.error = `${p.srcSide}: ${code} (while reading from it was paused)`;
+  abortConnection(p.conn, reasonForError(p.srcSide, Object.assign(new Error(code), { code }), p.conn));
+}
+
+/** Starts relaying between conn.client and conn.upstream (both connected). */
+export function startRelay(conn: Connection, bufferLimitBytes: number, events: RelayEvents): void {
+  const client = conn.client as ReadSocket;
+  const upstream = conn.upstream! as ReadSocket;
+  const c2s = new Pump(conn, client, upstream, conn.c2s, 'c2s', 'downstream', bufferLimitBytes, events);
+  const s2c = new Pump(conn, upstream, client, conn.s2c, 's2c', 'upstream', bufferLimitBytes, events);
+  c2s.peer = s2c;
+  s2c.peer = c2s;
+  for (const p of [c2s, s2c]) {
+    const rs = p.src as ReadSocket;
+    rs[kPump] = p;
+    // An upstream socket made with UPSTREAM_ONREAD hands its chunks to its Pump; any other socket
+    // emits 'data'. Listening to 'data' also puts the socket in flowing mode, so EOF becomes 'end'.
+    const early = rs[kEarly];
+    if (early !== undefined) {
+      rs[kEarly] = undefined;
+      for (const c of early) p.chunk(c);
+    }
+    rs.on('close', onSrcClose);
+    rs.on('data', onSrcData);
+    rs.on('end', onSrcEnd);
+    rs.on('error', onSrcError);
+  }
+  client.resume();
 }
 
 /** The error the kernel recorded on a socket we were not reading (ECONNRESET, EPIPE, ETIMEDOUT), or null. */
