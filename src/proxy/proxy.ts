@@ -119,9 +119,10 @@ export class Proxy {
     const conn = new Connection(this.registry.allocateId(), l, socket, clientAddr, now);
     this.registry.add(conn);
     // Until the relay takes over, a client error only marks the connection; it is handled once connected.
-    socket.on('error', (err: NodeJS.ErrnoException) => {
+    const onEarlyError = (err: NodeJS.ErrnoException): void => {
       if (conn.upstream === null) conn.error ??= `downstream: ${err.code ?? err.message}`;
-    });
+    };
+    socket.on('error', onEarlyError);
     for (const o of this.observers) o.accepted?.(conn);
     if (this.draining) {
       this.refuse(conn, 'drain', 'proxy is draining');
@@ -158,6 +159,8 @@ export class Proxy {
       }
       for (const o of this.observers) o.connected?.(conn);
       startRelay(conn, this.config.bufferLimitBytes, this.relayEvents);
+      // The relay has its own error handler now; this one would keep accept()'s scope alive.
+      socket.removeListener('error', onEarlyError);
     });
   }
 

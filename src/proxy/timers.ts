@@ -34,6 +34,8 @@ const MAX_SLEEP_MS = 2_147_483_647;
 
 export class ConnectionTimers {
   private readonly timers = new Map<number, NodeJS.Timeout>();
+  /** One callback for every timer (the connection rides as its argument): no closure per connection. */
+  private readonly onTimer = (conn: Connection): void => this.fire(conn);
 
   constructor(
     private readonly settings: TimerSettings,
@@ -46,7 +48,7 @@ export class ConnectionTimers {
     const due = nextDeadline(conn, this.settings);
     if (due === null) return;
     const wait = Math.min(Math.max(due.at - Date.now(), 0), MAX_SLEEP_MS);
-    const timer = setTimeout(() => this.fire(conn), wait);
+    const timer = setTimeout(this.onTimer, wait, conn);
     timer.unref();
     this.timers.set(conn.id, timer);
   }
