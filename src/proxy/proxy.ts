@@ -4,7 +4,6 @@
 // Observers (the conntrack guard, metrics) are told of each stage; they never steer the relay.
 
 import type net from 'node:net';
-import v8 from 'node:v8';
 import { upstreamSourceFor, type ProxyConfig, type ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { unmapIPv4, type Endpoint } from '../util/address.js';
@@ -87,10 +86,6 @@ export class Proxy {
 
   /** Binds every listener; on any failure closes those already bound and throws HC_ERR_LISTEN. */
   async start(): Promise<void> {
-    // A proxy holds many long-lived connections: each burst of accepts has a high survival rate,
-    // and V8 then doubles its young generation (16 -> 32 MiB of semi-spaces, resident for good).
-    // Growth factor 1 keeps it at its current size; more frequent scavenges cost little here.
-    v8.setFlagsFromString('--semi-space-growth-factor=1');
     // Resolvers exist before the first bind: a redirected connection can arrive on the first
     // listener while the next one is still binding. The loop guard's port set fills as they bind.
     const ownPorts = new Set<number>(this.config.listeners.map((l) => l.listen.port).filter((p) => p !== 0));
