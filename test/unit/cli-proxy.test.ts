@@ -5,25 +5,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
+import { BIN } from '../helpers/repo.js';
 
-/** The repository root, from test/unit (tsx) or dist/test/unit (built). */
-function repoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(dir, 'bin', 'halfclose'))) {
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('bin/halfclose not found above the test file');
-    dir = up;
-  }
-  return dir;
-}
-const BIN = path.join(repoRoot(), 'bin', 'halfclose');
 
 /** Runs `halfclose proxy ARGS` to completion (async, so a test can run several at once). */
 async function run(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {

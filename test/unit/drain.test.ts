@@ -5,23 +5,11 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { once } from 'node:events';
 import net from 'node:net';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { connect, observe, startServer, waitFor } from '../helpers/proxy.js';
+import { BIN } from '../helpers/repo.js';
 
-function repoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(dir, 'bin', 'halfclose'))) {
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('bin/halfclose not found above the test file');
-    dir = up;
-  }
-  return dir;
-}
-const BIN = path.join(repoRoot(), 'bin', 'halfclose');
 
 interface Running {
   child: ChildProcess;

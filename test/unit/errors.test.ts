@@ -3,22 +3,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ERROR_CODES, HalfcloseError, type ErrorCode } from '../../src/errors.js';
+import { REPO_ROOT } from '../helpers/repo.js';
 
-function repoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(dir, 'docs', 'errors.md'))) {
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('docs/errors.md not found above the test file');
-    dir = up;
-  }
-  return dir;
-}
 
-const doc = readFileSync(path.join(repoRoot(), 'docs', 'errors.md'), 'utf8');
+const doc = readFileSync(path.join(REPO_ROOT, 'docs', 'errors.md'), 'utf8');
 
 /** `## HC_ERR_X` sections: code -> the section's text. */
 function sections(): Map<string, string> {
