@@ -1,20 +1,11 @@
 // Captured kernel output under test/fixtures/, found from the source tree (tsx) or from dist/.
 
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-function findRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(dir, 'package.json'))) {
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('package.json not found above ' + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-  return dir;
-}
+import { REPO_ROOT } from './repo.js';
 
-export const REPO_ROOT = findRoot();
+export { REPO_ROOT };
 
 /** Path of `test/fixtures/<kind>/<name>`. */
 export function fixturePath(kind: string, name: string): string {

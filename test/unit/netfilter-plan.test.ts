@@ -3,17 +3,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { HalfcloseError } from '../../src/errors.js';
 import { interceptOptions, parseCidr, resolveOptions, type RawOptions } from '../../src/netfilter/options.js';
 import { CHAIN, OUR_CHAINS, plan, planInterception, renderScript, type FamilyPlan } from '../../src/netfilter/plan.js';
+import { readFixture } from '../helpers/fixtures.js';
 
-// From dist/test/unit (the suite) or test/unit (tsx), the fixtures stay in the source tree.
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const FIXTURES = [path.resolve(HERE, '../../../test/fixtures/iptables'), path.resolve(HERE, '../fixtures/iptables')].find((d) => existsSync(d))!;
-const fixture = (name: string): string => readFileSync(path.join(FIXTURES, name), 'utf8');
+const fixture = (name: string): string => readFixture('iptables', name);
 
 const FULL: RawOptions = {
   proxyUid: ['1337'],

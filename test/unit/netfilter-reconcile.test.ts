@@ -3,17 +3,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { resolveOptions, type RawOptions } from '../../src/netfilter/options.js';
 import { plan } from '../../src/netfilter/plan.js';
 import { installScript, normaliseSave, parseSave, planFromSaved, splitTables, uninstallScript } from '../../src/netfilter/reconcile.js';
 import { backendFromVersion } from '../../src/netfilter/apply.js';
+import { readFixture } from '../helpers/fixtures.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const FIXTURES = [path.resolve(HERE, '../../../test/fixtures/iptables'), path.resolve(HERE, '../fixtures/iptables')].find((d) => existsSync(d))!;
-const fixture = (name: string): string => readFileSync(path.join(FIXTURES, name), 'utf8');
+const fixture = (name: string): string => readFixture('iptables', name);
 
 // The options the `*.nft.save` fixtures were installed with (the same as full.v4.rules).
 const FULL: RawOptions = {
