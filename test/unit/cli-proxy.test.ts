@@ -2,9 +2,9 @@
 // input (--help, --print-config, a real relay stopped by SIGTERM) and for bad input (one line on
 // stderr naming the flag or key, exit status 2, never a stack trace).
 
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import net from 'node:net';
@@ -41,6 +41,30 @@ function file(name: string, text: string): string {
   const p = path.join(dir, name);
   writeFileSync(p, text);
   return p;
+}
+
+/**
+ * Starts the built `halfclose proxy --admin off ARGS`, killed when the test ends, and waits for its
+ * "listening" line on stderr (the operational log), where a listen port of 0 is resolved.
+ */
+async function startCli(t: TestContext, args: string[]): Promise<{ child: ChildProcess; port: number; stdout(): string; stderr(): string; exited: Promise<unknown[]> }> {
+  const child = spawn(process.execPath, [BIN, 'proxy', '--admin', 'off', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  const exited = once(child, 'exit');
+  const deadline = Date.now() + 15_000;
+  while (!/"msg":"listening"/.test(stderr)) {
+    assert.ok(Date.now() < deadline && child.exitCode === null, `proxy did not start: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const listening = JSON.parse(stderr.split('\n').find((l) => l.includes('"msg":"listening"'))!);
+  const port = Number(String(listening.listeners[0].address).split(':').pop());
+  return { child, port, stdout: () => stdout, stderr: () => stderr, exited };
 }
 
 test('--help describes every flag the command accepts and exits 0', async () => {
@@ -128,43 +152,28 @@ test('a real run: relays a connection, writes its access-log line to stdout, and
   await once(upstream, 'listening');
   t.after(() => upstream.close());
   const upPort = (upstream.address() as net.AddressInfo).port;
-  const child = spawn(process.execPath, [BIN, 'proxy', '--admin', 'off', '--route', `127.0.0.1:0=127.0.0.1:${upPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d) => (stdout += d));
-  child.stderr.on('data', (d) => (stderr += d));
-  const exited = once(child, 'exit');
-  // The operational log (stderr) says where it listens; port 0 is resolved there.
-  const deadline = Date.now() + 15_000;
-  while (!/"msg":"listening"/.test(stderr)) {
-    assert.ok(Date.now() < deadline && child.exitCode === null, `proxy did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const listening = JSON.parse(stderr.split('\n').find((l) => l.includes('"msg":"listening"'))!);
-  const port = Number(String(listening.listeners[0].address).split(':').pop());
-  const c = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  const px = await startCli(t, ['--route', `127.0.0.1:0=127.0.0.1:${upPort}`]);
+  const c = net.connect({ port: px.port, host: '127.0.0.1', allowHalfOpen: true });
   await once(c, 'connect');
   let reply = '';
   c.on('data', (d) => (reply += d));
   c.end('ping');
   await once(c, 'end');
   assert.equal(reply, 'echo:ping');
-  while (!stdout.includes('"connection closed"')) {
-    assert.ok(Date.now() < deadline, `no access-log line: ${stdout}`);
+  const deadline = Date.now() + 15_000;
+  while (!px.stdout().includes('"connection closed"')) {
+    assert.ok(Date.now() < deadline, `no access-log line: ${px.stdout()}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  const entry = JSON.parse(stdout.split('\n').find((l) => l.includes('"connection closed"'))!);
+  const entry = JSON.parse(px.stdout().split('\n').find((l) => l.includes('"connection closed"'))!);
   assert.equal(entry.reason, 'both-fin');
   assert.equal(entry.clientToServer.bytes, 4);
   assert.equal(entry.serverToClient.bytes, 9);
   assert.equal(entry.target.port, upPort);
-  child.kill('SIGTERM');
-  const [code] = await exited;
-  assert.equal(code, 0, stderr);
-  assert.match(stderr, /"msg":"drained; exiting"/);
+  px.child.kill('SIGTERM');
+  const [code] = await px.exited;
+  assert.equal(code, 0, px.stderr());
+  assert.match(px.stderr(), /"msg":"drained; exiting"/);
 });
 
 test('--access-log FILE writes the lines to the file (directories created), not to stdout', async (t) => {
@@ -174,30 +183,16 @@ test('--access-log FILE writes the lines to the file (directories created), not 
   t.after(() => upstream.close());
   const upPort = (upstream.address() as net.AddressInfo).port;
   const logFile = path.join(dir, 'logs', 'access.json');
-  const child = spawn(process.execPath, [BIN, 'proxy', '--admin', 'off', '--access-log', logFile, '--route', `127.0.0.1:0=127.0.0.1:${upPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d) => (stdout += d));
-  child.stderr.on('data', (d) => (stderr += d));
-  const exited = once(child, 'exit');
-  const deadline = Date.now() + 15_000;
-  while (!/"msg":"listening"/.test(stderr)) {
-    assert.ok(Date.now() < deadline && child.exitCode === null, `proxy did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const listening = JSON.parse(stderr.split('\n').find((l) => l.includes('"msg":"listening"'))!);
-  const c = net.connect({ port: Number(String(listening.listeners[0].address).split(':').pop()), host: '127.0.0.1', allowHalfOpen: true });
+  const px = await startCli(t, ['--access-log', logFile, '--route', `127.0.0.1:0=127.0.0.1:${upPort}`]);
+  const c = net.connect({ port: px.port, host: '127.0.0.1', allowHalfOpen: true });
   c.resume();
   await once(c, 'connect');
   c.end();
   await once(c, 'end');
-  child.kill('SIGTERM');
-  const [code] = await exited;
-  assert.equal(code, 0, stderr);
-  assert.equal(stdout, '', 'nothing on stdout');
+  px.child.kill('SIGTERM');
+  const [code] = await px.exited;
+  assert.equal(code, 0, px.stderr());
+  assert.equal(px.stdout(), '', 'nothing on stdout');
   const lines = readFileSync(logFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
   assert.equal(lines.length, 1);
   assert.equal(lines[0].reason, 'both-fin');
