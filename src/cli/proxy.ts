@@ -51,6 +51,8 @@ Conntrack guard and socket options:
   --user-timeout DUR        TCP_USER_TIMEOUT on both sockets. Default 0 (kernel default).
   --buffer-limit SIZE       unsent bytes per direction before reading pauses. Default 1MiB, at
                             least 16KiB.
+  --relay splice|copy       how bytes move: splice (default) kernel to kernel with splice(2) on a
+                            worker thread, or copy through Node's buffers. Same semantics.
 
 Operations:
   --admin HOST:PORT|off     admin HTTP server (metrics, connections, drain). Default 127.0.0.1:15000.
@@ -79,6 +81,7 @@ const FLAGS: FlagSpec = {
   'keepalive-established': { type: 'string' },
   'user-timeout': { type: 'string' },
   'buffer-limit': { type: 'string' },
+  relay: { type: 'string' },
   admin: { type: 'string' },
   'admin-allow-non-loopback': { type: 'boolean' },
   'access-log': { type: 'string' },
@@ -143,6 +146,11 @@ export function flagsToFileConfig(values: ReturnType<typeof parseFlags>['values'
   if (values['admin-allow-non-loopback'] === true) out.admin = { ...out.admin, allowNonLoopback: true };
   const al = str(values['access-log']);
   if (al !== undefined) out.accessLog = al;
+  const relay = str(values.relay);
+  if (relay !== undefined) {
+    if (relay !== 'splice' && relay !== 'copy') throw new UsageError(`--relay: expected splice or copy, got "${relay}"`);
+    out.relay = relay;
+  }
   const level = str(values['log-level']);
   if (level !== undefined) {
     if (!['debug', 'info', 'warn', 'error', 'silent'].includes(level)) throw new UsageError(`--log-level: expected debug, info, warn, error or silent, got "${level}"`);

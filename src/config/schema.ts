@@ -51,6 +51,7 @@ export const fileSchema = z.strictObject({
     })
     .optional(),
   accessLog: z.string().optional(),
+  relay: z.enum(['splice', 'copy']).optional(),
   logLevel: z.enum(['debug', 'info', 'warn', 'error', 'silent']).optional(),
 });
 
@@ -105,6 +106,11 @@ export interface ProxyConfig {
   readonly adminAllowNonLoopback: boolean;
   /** `stdout`, `off`, or a file path. Default stdout. */
   readonly accessLog: string;
+  /**
+   * How bytes are moved: `splice` (default) kernel to kernel with splice(2) on a worker thread,
+   * `copy` through the event loop's buffers. Same semantics; see docs/lifecycle.md.
+   */
+  readonly relay: 'splice' | 'copy';
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
 }
 
@@ -120,6 +126,7 @@ export const DEFAULTS = {
   userTimeout: '0',
   admin: '127.0.0.1:15000',
   accessLog: 'stdout',
+  relay: 'splice',
   logLevel: 'info',
 } as const;
 
@@ -243,6 +250,7 @@ export function resolveConfig(file: FileConfig, source: string): ProxyConfig {
     admin,
     adminAllowNonLoopback: file.admin?.allowNonLoopback ?? false,
     accessLog: file.accessLog ?? DEFAULTS.accessLog,
+    relay: file.relay ?? DEFAULTS.relay,
     logLevel: file.logLevel ?? DEFAULTS.logLevel,
   };
   if (cfg.admin && !cfg.adminAllowNonLoopback && !isLoopback(cfg.admin.host)) {
@@ -284,6 +292,7 @@ export function describeConfig(cfg: ProxyConfig): Record<string, unknown> {
     },
     admin: { address: cfg.admin ? fmt(cfg.admin) : 'off', allowNonLoopback: cfg.adminAllowNonLoopback },
     accessLog: cfg.accessLog,
+    relay: cfg.relay,
     logLevel: cfg.logLevel,
   };
 }

@@ -48,7 +48,7 @@ function len(n: number): Buffer {
   return optLen;
 }
 
-function errnoName(errno: number): string {
+export function errnoName(errno: number): string {
   for (const [name, value] of Object.entries(os.constants.errno)) if (value === errno) return name;
   return `errno ${errno}`;
 }

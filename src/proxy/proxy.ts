@@ -14,6 +14,7 @@ import { ConntrackGuard, type GuardOptions } from './guard.js';
 import { bindListener, type BoundListener } from './listener.js';
 import { Connection, Registry, type CloseReason } from './registry.js';
 import { abortConnection, resetSocket, startRelay, type DirectionName, type RelayEvents } from './relay.js';
+import { SpliceRelay } from './splice.js';
 import { ConnectionTimers } from './timers.js';
 
 export interface ProxyObserver {
@@ -48,6 +49,8 @@ export class Proxy {
   private readonly timers: ConnectionTimers;
   private readonly resolvers = new Map<string, DestinationResolver>();
   private bound: BoundListener[] = [];
+  /** The splice relay's worker, when `relay: splice` and the kernel lets it start; else every connection is copied. */
+  private splice: SpliceRelay | null = null;
   private draining = false;
   /** One per pending drain(): a second drain (SIGTERM after POST /drain, a second signal) must not orphan the first. */
   private readonly whenEmpty = new Set<() => void>();
@@ -95,6 +98,13 @@ export class Proxy {
         this.resolverFor?.(l) ?? (l.kind === 'route' ? new FixedDestination(l.upstream!) : new OriginalDestination(ownPorts)),
       );
     }
+    if (this.config.relay === 'splice' && this.splice === null) {
+      try {
+        this.splice = await SpliceRelay.start(this.logger);
+      } catch (err) {
+        this.logger.warn({ err: (err as Error).message }, 'splice relay unavailable: copying every connection through Node instead');
+      }
+    }
     try {
       for (const l of this.config.listeners) {
         const b = await bindListener(l, (socket, cfg) => this.accept(socket, cfg));
@@ -103,6 +113,7 @@ export class Proxy {
       }
     } catch (err) {
       await this.closeListeners();
+      await this.splice?.stop();
       throw err;
     }
     this.guard.start();
@@ -153,7 +164,9 @@ export class Proxy {
         return;
       }
       for (const o of this.observers) o.connected?.(conn);
-      startRelay(conn, this.config.bufferLimitBytes, this.relayEvents);
+      if (this.splice === null || !this.splice.attach(conn, this.config.bufferLimitBytes, this.relayEvents)) {
+        startRelay(conn, this.config.bufferLimitBytes, this.relayEvents);
+      }
       // The relay has its own error handler now; this one would keep accept()'s scope alive.
       socket.removeListener('error', onEarlyError);
     });
@@ -226,6 +239,7 @@ export class Proxy {
       });
     }
     await closed;
+    await this.splice?.stop();
     this.guard.stop();
     this.accessLog.flush();
   }

@@ -4,6 +4,7 @@
 import type net from 'node:net';
 import type { ListenerConfig } from '../config/schema.js';
 import type { ClientAddr, OriginalDst, UpstreamAddr } from '../util/address.js';
+import { SLOT_ACTIVITY, SLOT_BYTES, SLOT_HELD, SLOT_PAUSED } from './splice-protocol.js';
 
 /** Why a connection ended. Exactly one per connection, logged once and counted once. */
 export const CLOSE_REASONS = [
@@ -31,13 +32,50 @@ export type DirectionState = 'open' | 'fin-received' | 'fin-forwarded' | 'reset'
 
 export class Direction {
   state: DirectionState = 'open';
-  bytes = 0;
+  private ownBytes = 0;
+  private ownPaused = false;
+  /** While the splice relay moves this direction: its shared counters, and this direction's index in them. */
+  private live: Float64Array | null = null;
+  private liveAt = 0;
+  private pausedAt = 0;
+  private pausedBit = 0;
+  private heldAt = 0;
   /** Epoch ms of each transition, or 0 when it has not happened. */
   finReceivedAt = 0;
   finForwardedAt = 0;
   resetAt = 0;
+  /** Bytes relayed in this direction. */
+  get bytes(): number {
+    return this.live === null ? this.ownBytes : this.live[this.liveAt]!;
+  }
+  set bytes(n: number) {
+    this.ownBytes = n;
+  }
   /** True while reading from the source is paused because the destination is over its buffer limit. */
-  paused = false;
+  get paused(): boolean {
+    return this.live === null ? this.ownPaused : (this.live[this.pausedAt]! & this.pausedBit) !== 0;
+  }
+  set paused(p: boolean) {
+    this.ownPaused = p;
+  }
+  /** Bytes the splice relay holds in this direction's pipe right now; null when the copying relay has it. */
+  get held(): number | null {
+    return this.live === null ? null : this.live[this.heldAt]!;
+  }
+  /** Reads bytes, the paused flag and held bytes from shared counters until unfollow(). */
+  follow(live: Float64Array, at: { bytes: number; paused: number; bit: number; held: number }): void {
+    this.live = live;
+    this.liveAt = at.bytes;
+    this.pausedAt = at.paused;
+    this.pausedBit = at.bit;
+    this.heldAt = at.held;
+  }
+  unfollow(): void {
+    if (this.live === null) return;
+    this.ownBytes = this.live[this.liveAt]!;
+    this.ownPaused = false;
+    this.live = null;
+  }
   toJSON(): Record<string, unknown> {
     return {
       state: this.state,
@@ -52,6 +90,12 @@ export class Direction {
 
 function iso(ms: number): string | null {
   return ms ? new Date(ms).toISOString() : null;
+}
+
+/** Something other than the copying relay moving a connection's bytes (the splice relay). */
+export interface Offload {
+  /** End the connection: reset both sockets once nothing else uses their descriptors. */
+  release(conn: Connection): void;
 }
 
 /** The connection as a whole, from the point of view of metrics: which side has half-closed. */
@@ -73,7 +117,18 @@ export class Connection {
   /** client->server and server->client. */
   readonly c2s = new Direction();
   readonly s2c = new Direction();
-  lastActivityAt: number;
+  private ownActivityAt: number;
+  private live: Float64Array | null = null;
+  private liveBase = 0;
+  /** Epoch ms of the last byte or FIN either way. */
+  get lastActivityAt(): number {
+    return this.live === null ? this.ownActivityAt : Math.max(this.ownActivityAt, this.live[this.liveBase + SLOT_ACTIVITY]!);
+  }
+  set lastActivityAt(ms: number) {
+    this.ownActivityAt = ms;
+  }
+  /** Set while the splice relay moves this connection's bytes; it ends the connection through release(). */
+  offload: Offload | null = null;
   /** Epoch ms at which the connection first became half-closed (either direction), or 0. */
   halfClosedAt = 0;
   closedAt = 0;
@@ -91,7 +146,25 @@ export class Connection {
     this.client = client;
     this.clientAddr = clientAddr;
     this.startedAt = now;
-    this.lastActivityAt = now;
+    this.ownActivityAt = now;
+  }
+
+  /**
+   * Reads activity, bytes and paused flags from the splice relay's shared counters, laid out at
+   * `base` (the SLOT_* layout of splice-protocol.ts), until unfollow().
+   */
+  follow(live: Float64Array, base: number): void {
+    this.live = live;
+    this.liveBase = base;
+    this.c2s.follow(live, { bytes: base + SLOT_BYTES, paused: base + SLOT_PAUSED, bit: 1, held: base + SLOT_HELD });
+    this.s2c.follow(live, { bytes: base + SLOT_BYTES + 1, paused: base + SLOT_PAUSED, bit: 2, held: base + SLOT_HELD + 1 });
+  }
+  unfollow(): void {
+    if (this.live === null) return;
+    this.ownActivityAt = this.lastActivityAt;
+    this.live = null;
+    this.c2s.unfollow();
+    this.s2c.unfollow();
   }
 
   get state(): ConnectionState {

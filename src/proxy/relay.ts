@@ -41,8 +41,12 @@ export function abortConnection(conn: Connection, reason: CloseReason): void {
       d.resetAt = now;
     }
   }
-  resetSocket(conn.client);
-  resetSocket(conn.upstream);
+  // The splice relay's worker may be using the descriptors: it resets them once it has let go.
+  if (conn.offload !== null) conn.offload.release(conn);
+  else {
+    resetSocket(conn.client);
+    resetSocket(conn.upstream);
+  }
 }
 
 /** The close reason for a socket error (also used by the guard for errors it finds itself). */
@@ -112,6 +116,12 @@ export const UPSTREAM_ONREAD: net.OnReadOpts = {
     return true; // flow control is the relay's: pause() and resume()
   },
 };
+
+/** True when Node has already read from the socket something the relay has not passed on (bytes or EOF). */
+export function hasUnrelayedInput(socket: net.Socket): boolean {
+  const s = socket as ReadSocket & { _readableState?: { ended?: boolean } };
+  return socket.readableLength > 0 || s._readableState?.ended === true || (s[kEarly]?.length ?? 0) > 0;
+}
 
 /** How often a source whose reading is paused (backpressure) is checked for a reset. */
 const PAUSED_RESET_POLL_MS = 500;

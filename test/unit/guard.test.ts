@@ -222,12 +222,13 @@ async function resetAfterFin(
   mode: 'auto' | 'off',
   closeWaitSec: number,
   waitMs: number,
+  relay: 'splice' | 'copy' = 'copy',
 ): Promise<{ px: TestProxy; upstream: net.Socket }> {
   let upstream: net.Socket | null = null;
   const up = await startServer((s) => {
     upstream = s;
   });
-  const px = await startRouteProxy(up.port, { keepalive: { halfClosed: mode } }, { guard: { readCloseWait: () => closeWaitSec, socketPollMs: 100 } });
+  const px = await startRouteProxy(up.port, { keepalive: { halfClosed: mode }, relay }, { guard: { readCloseWait: () => closeWaitSec, socketPollMs: 100 } });
   const c = await connect(px.port);
   c.on('error', () => {});
   t.after(async () => {
@@ -258,7 +259,7 @@ async function kernelReset(s: net.Socket): Promise<string | null> {
   return takeSocketError(fd);
 }
 
-test('gap: with --keepalive off an RST on a socket past EOF goes unnoticed; the guard finds it and resets upstream', async (t) => {
+test('gap (copy relay): with --keepalive off an RST on a socket past EOF goes unnoticed; the guard finds it and resets upstream', async (t) => {
   // Without the guard: a second later the proxy still holds the connection and the upstream has heard nothing.
   const off = await resetAfterFin(t, 'off', 30, 0);
   await sleep(1000);
@@ -278,11 +279,23 @@ test('gap: with --keepalive off an RST on a socket past EOF goes unnoticed; the 
   assert.match((await kernelReset(on.upstream)) ?? 'none', /^(EPIPE|ECONNRESET)$/, 'the upstream got an RST');
 });
 
-test('a reset after the keepalive idle time on a guarded half-closed connection ends as keepalive-dead', async (t) => {
+// The splice relay's worker keeps every socket of a connection in its epoll set until the
+// connection ends, so an error on a socket past EOF is reported at once (EPOLLERR), guard or not.
+test('splice relay: an RST on a socket past EOF is seen at once, even with --keepalive off, and resets upstream', async (t) => {
+  const r = await resetAfterFin(t, 'off', 30, 0, 'splice');
+  const [entry] = await within(r.px.closed(1), 2000, 'the proxy to end the connection');
+  assert.equal(entry!.reason, 'downstream-reset');
+  assert.match(String(entry!.error), /^downstream: (ECONNRESET|EPIPE) \(while nothing was reading it\)$/);
+  assert.match((await kernelReset(r.upstream)) ?? 'none', /^(EPIPE|ECONNRESET)$/, 'the upstream got an RST');
+});
+
+for (const relay of ['splice', 'copy'] as const) {
+test(`a reset after the keepalive idle time on a guarded half-closed connection ends as keepalive-dead (${relay} relay)`, async (t) => {
   // CLOSE_WAIT 3 s -> keepalive 1:1:3: 1.2 s of silence means the kernel is probing, so an RST
   // now is the answer to a probe (on a real pod: the conntrack entry is gone).
-  const r = await resetAfterFin(t, 'auto', 3, 1200);
+  const r = await resetAfterFin(t, 'auto', 3, 1200, relay);
   const [entry] = await within(r.px.closed(1), 5000, 'the guard to end the connection');
   assert.equal(entry!.reason, 'keepalive-dead');
   assert.match((await kernelReset(r.upstream)) ?? 'none', /^(EPIPE|ECONNRESET)$/, 'the upstream got an RST');
 });
+}

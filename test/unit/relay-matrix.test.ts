@@ -2,7 +2,7 @@
 //   who closes first  {client FIN, server FIN, both at once}
 // × bytes in flight    {0 B, 1 B, 20 MB} in each direction at the same time
 // × then               {the other side FINs, RSTs, or stays half-closed and sends a late message}.
-// Each cell checks: the bytes each side read (sha256, in order), the exact end each side
+// Each cell runs through both relays (splice and copy) and checks: the bytes each side read (sha256, in order), the exact end each side
 // observed (EOF or reset), the access-log close reason and byte counts, and that afterwards no
 // connection is registered and the process holds no file descriptor more than before.
 //
@@ -87,14 +87,14 @@ interface Expect {
   reason: string;
 }
 
-async function runCell(first: First, size: number, then: Then): Promise<void> {
+async function runCell(relay: 'splice' | 'copy', first: First, size: number, then: Then): Promise<void> {
   const up = UP.subarray(0, size); // client -> server payload
   const down = DOWN.subarray(0, size); // server -> client payload
   let serverPeer: Peer | null = null;
   const upstream = await startServer((s) => {
     serverPeer = new Peer(s);
   });
-  const px = await startRouteProxy(upstream.port, { accessLog: 'off' });
+  const px = await startRouteProxy(upstream.port, { accessLog: 'off', relay });
   const fdsBefore = fdCount();
 
   const clientSocket = await connect(px.port);
@@ -184,10 +184,13 @@ async function runCell(first: First, size: number, then: Then): Promise<void> {
   await upstream.close();
 }
 
-for (const first of ['client', 'server', 'both'] as const) {
-  for (const size of SIZES) {
-    for (const then of ['fin', 'rst', 'late'] as const) {
-      test(`${first} FIN first, ${size} B each way, then ${then}`, { timeout: 20_000 }, () => runCell(first, size, then));
+// Both relays: splice (the default, a worker thread moving bytes kernel to kernel) and copy.
+for (const relay of ['splice', 'copy'] as const) {
+  for (const first of ['client', 'server', 'both'] as const) {
+    for (const size of SIZES) {
+      for (const then of ['fin', 'rst', 'late'] as const) {
+        test(`${relay}: ${first} FIN first, ${size} B each way, then ${then}`, { timeout: 20_000 }, () => runCell(relay, first, size, then));
+      }
     }
   }
 }
