@@ -36,7 +36,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 one() {
   set +e # a failed measurement prints "NaN NaN" and must still stop its halfclose
   local mode=$1 cpu=$(($(nproc) - 1))
-  taskset -c $cpu "$node" ${HC_NODE_FLAGS:-} "$repo/bin/halfclose" proxy --admin 127.0.0.1:0 \
+  taskset -c $cpu "$node" ${HC_NODE_FLAGS:-} "$repo/bin/halfclose" proxy ${HC_ARGS:-} --admin 127.0.0.1:0 \
     --route 127.0.0.1:$p_route_echo=127.0.0.1:$p_echo --route 127.0.0.1:$p_route_iperf=127.0.0.1:$p_iperf \
     >"$work/access.log" 2>"$work/hc.err" &
   local hc=$!

@@ -230,23 +230,30 @@ function pump(f: Flow): void {
           live[c.base + SLOT_BYTES + f.dir]! += n;
           live[c.base + SLOT_ACTIVITY] = Date.now();
           progress = true;
-        } else if (n === 0) {
-          // EOF. A reset that arrived after the last bytes is kept as the socket's error, and a
-          // FIN forwarded now would pass a crash off as a complete stream.
-          const err = socketError(f.src);
-          if (err !== 0) {
-            fail(c, f.srcSide, err, FAIL_AFTER_EOF);
-            return;
-          }
-          f.state = FIN_RECEIVED;
-          const now = Date.now();
-          live[c.base + SLOT_ACTIVITY] = now;
-          emit(EV_FIN, c.id, f.dir, now, 0);
         } else {
-          const e = errno();
-          if (e !== EAGAIN && e !== EINTR) {
-            fail(c, f.srcSide, e, FAIL_READ);
-            return;
+          if (f.inPipe === 0) {
+            // Nothing read and nothing held: the pipe goes back, an idle direction holds none.
+            givePipe(f.pipe, true);
+            f.pipe = null;
+          }
+          if (n === 0) {
+            // EOF. A reset that arrived after the last bytes is kept as the socket's error, and a
+            // FIN forwarded now would pass a crash off as a complete stream.
+            const err = socketError(f.src);
+            if (err !== 0) {
+              fail(c, f.srcSide, err, FAIL_AFTER_EOF);
+              return;
+            }
+            f.state = FIN_RECEIVED;
+            const now = Date.now();
+            live[c.base + SLOT_ACTIVITY] = now;
+            emit(EV_FIN, c.id, f.dir, now, 0);
+          } else {
+            const e = errno();
+            if (e !== EAGAIN && e !== EINTR) {
+              fail(c, f.srcSide, e, FAIL_READ);
+              return;
+            }
           }
         }
       }

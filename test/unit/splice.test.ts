@@ -1,0 +1,84 @@
+// What is particular to the splice relay (the relay's semantics themselves are checked for both
+// relays by relay-matrix, backpressure and relay-buffers): its pipes are borrowed only while bytes
+// are in flight, so idle connections hold no descriptor beyond their two sockets; the worker
+// thread really carries the connections; and it hands them back when a timer ends them.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readlinkSync } from 'node:fs';
+import type net from 'node:net';
+import { connect, observe, sleep, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
+
+/** This process's open pipe descriptors. */
+function pipeFds(): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`).startsWith('pipe:')) n++;
+    } catch {
+      // closed while listing
+    }
+  }
+  return n;
+}
+
+test('idle connections that have carried bytes hold no pipe; pooled pipes go when the proxy is idle', async (t) => {
+  const up = await startServer((s) => s.pipe(s));
+  const px = await startRouteProxy(up.port);
+  const clients: net.Socket[] = [];
+  t.after(async () => {
+    for (const c of clients) c.destroy();
+    await px.close();
+    await up.close();
+  });
+  const before = pipeFds();
+  for (let i = 0; i < 40; i++) {
+    const c = await connect(px.port);
+    clients.push(c);
+    c.write(`hello ${i}`);
+    await new Promise((r) => c.once('data', r));
+  }
+  assert.equal(px.proxy.registry.size, 40);
+  assert.ok([...px.proxy.registry.all()].every((c) => c.offload !== null), 'every connection is on the splice relay');
+  // 40 connections have each moved bytes both ways; a few pipes may sit in the pool, not 160.
+  assert.ok(pipeFds() - before <= 8, `${pipeFds() - before} pipe descriptors held by 40 idle connections`);
+  // After a second without events the pool is emptied too.
+  await waitFor(() => pipeFds() === before, 3000, 'the pipe pool to empty');
+  // The connections still work, byte counts included.
+  for (const c of clients) {
+    c.write('again');
+    await new Promise((r) => c.once('data', r));
+  }
+  const conn = [...px.proxy.registry.all()][0]!;
+  assert.equal(conn.c2s.bytes, 'hello 0'.length + 'again'.length);
+  assert.equal(conn.s2c.bytes, conn.c2s.bytes);
+});
+
+test('an idle timeout ends a spliced connection: the worker lets go, both sides get an RST', async (t) => {
+  let server: net.Socket | null = null;
+  const up = await startServer((s) => {
+    server = s;
+  });
+  const px = await startRouteProxy(up.port, { timeouts: { idle: '300ms' } });
+  t.after(async () => {
+    await px.close();
+    await up.close();
+  });
+  const c = await connect(px.port);
+  const clientSaw = observe(c);
+  c.write('x');
+  await waitFor(() => server !== null, 2000, 'upstream accept');
+  const serverSaw = observe(server!);
+  await sleep(100);
+  assert.ok(onlyOffloaded(px), 'the connection is on the splice relay');
+  const [entry] = await px.closed(1);
+  assert.equal(entry!.reason, 'idle-timeout');
+  assert.equal((await clientSaw).end, 'reset');
+  assert.equal((await serverSaw).end, 'reset');
+  assert.equal((await serverSaw).data.toString(), 'x');
+});
+
+function onlyOffloaded(px: Awaited<ReturnType<typeof startRouteProxy>>): boolean {
+  const all = [...px.proxy.registry.all()];
+  return all.length === 1 && all[0]!.offload !== null;
+}
