@@ -39,6 +39,7 @@ export function mergeConfig(file: FileConfig, flags: FileConfig): FileConfig {
     admin: { ...file.admin, ...flags.admin },
     ...(flags.bufferLimit !== undefined ? { bufferLimit: flags.bufferLimit } : {}),
     ...(flags.accessLog !== undefined ? { accessLog: flags.accessLog } : {}),
+    ...(flags.relay !== undefined ? { relay: flags.relay } : {}),
     ...(flags.logLevel !== undefined ? { logLevel: flags.logLevel } : {}),
   };
 }

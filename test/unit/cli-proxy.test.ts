@@ -75,7 +75,7 @@ test('--help describes every flag the command accepts and exits 0', async () => 
   const flags = [
     '--outbound', '--inbound', '--route', '--upstream-source', '--connect-timeout', '--idle-timeout', '--half-close-timeout',
     '--max-duration', '--drain-timeout', '--keepalive', '--keepalive-established', '--user-timeout', '--buffer-limit',
-    '--admin', '--admin-allow-non-loopback', '--access-log', '--log-level', '--config', '--print-config', '--help',
+    '--relay', '--admin', '--admin-allow-non-loopback', '--access-log', '--log-level', '--config', '--print-config', '--help',
   ];
   for (const f of flags) assert.match(r.stdout, new RegExp(`^\\s+(-h, )?${f}\\b`, 'm'), `--help lists ${f}`);
   // Each documented default is the one --print-config shows.
@@ -93,6 +93,11 @@ test('--print-config shows the merged configuration: file values, flags over the
   const out = YAML.parse(r.stdout);
   assert.deepEqual(out.listeners, [{ name: 'outbound', kind: 'outbound', listen: '127.0.0.1:15001' }]);
   assert.deepEqual(out.timeouts, { connect: '2s', idle: '90s', halfClose: '0', maxDuration: '0', drain: '30s' });
+  assert.equal(out.relay, 'splice', 'the default relay');
+  const copy = YAML.parse((await run(['--config', cfg, '--relay', 'copy', '--print-config'])).stdout);
+  assert.equal(copy.relay, 'copy', '--relay reaches the configuration');
+  const fromFile = YAML.parse((await run(['--config', file('copy.yaml', 'relay: copy\n'), '--print-config'])).stdout);
+  assert.equal(fromFile.relay, 'copy', 'relay: in the file');
   const routes = YAML.parse((await run(['--config', cfg, '--route', '127.0.0.1:9000=127.0.0.1:6379', '--print-config'])).stdout);
   assert.deepEqual(routes.listeners, [{ name: 'route-0', kind: 'route', listen: '127.0.0.1:9000', upstream: '127.0.0.1:6379' }], 'listener flags replace the file listeners');
   // The printed form is itself a valid config file.
@@ -125,6 +130,7 @@ test('bad flags: unknown flag, duration without a unit, address without a port, 
     badInput(['--route', '127.0.0.1:9000'], /--route: expected LISTEN=UPSTREAM/),
     badInput(['--route', '127.0.0.1:0=127.0.0.1:1', '--buffer-limit', '1k'], /--buffer-limit: must be at least 16KiB/),
     badInput(['--route', '127.0.0.1:0=127.0.0.1:1', '--log-level', 'loud'], /--log-level: expected debug, info, warn, error or silent, got "loud"/),
+    badInput(['--route', '127.0.0.1:0=127.0.0.1:1', '--relay', 'cp'], /--relay: expected splice or copy, got "cp"$/m),
     badInput(['--admin', 'off'], /no listeners; give --outbound, --inbound or --route/),
     badInput(['--idle-timeout'], /^halfclose: proxy: .*--idle-timeout/m),
   ]);
