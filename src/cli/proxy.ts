@@ -196,6 +196,10 @@ export async function run(argv: string[]): Promise<number> {
     await admin?.close();
     throw err;
   }
+  // Made again once the splice relay's worker thread is up: with only the first call, 5,000 idle
+  // connections left the young generation at 32 MiB again (10.4 KiB per connection against 8.7
+  // with this second call; bench/relay-cost.sh idle, docs/bench.md).
+  v8.setFlagsFromString('--semi-space-growth-factor=1');
   logger.info(
     { listeners: proxy.listeners().map((l) => ({ name: l.name, kind: l.kind, address: formatEndpoint(l.address) })), admin: admin ? admin.url : 'off' },
     'listening',
