@@ -86,13 +86,14 @@ const scratch = Buffer.alloc(8);
 /** Records for the main thread, sent once per loop turn. */
 let out: number[] = [];
 
-function watch(fd: number): void {
+/** Adds a socket to the epoll set; the errno when that fails, else 0. */
+function watch(fd: number): number {
   // Edge-triggered, in and out: a direction reads until the socket is dry; EPOLLOUT matters only
   // while a direction is blocked on its destination (checked before acting on it).
   eventBuf.writeUInt32LE((EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) >>> 0, 0);
   eventBuf.writeUInt32LE(fd, EPOLL_DATA_OFFSET);
   eventBuf.writeUInt32LE(0, EPOLL_DATA_OFFSET + 4);
-  if (sys.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, eventBuf) !== 0) throw new Error(`epoll_ctl ADD ${fd}: errno ${errno()}`);
+  return sys.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, eventBuf) === 0 ? 0 : errno();
 }
 
 /** The socket's pending error (and clears it), 0 when none. */
@@ -325,8 +326,13 @@ function onOps(ops: number[]): void {
       const c = new Conn(id, ops[i + 2]!, ops[i + 3]!, ops[i + 4]! * SLOT_FIELDS, ops[i + 5]!);
       byFd.set(c.cfd, c);
       byFd.set(c.ufd, c);
-      watch(c.cfd);
-      watch(c.ufd);
+      // A connection that cannot be watched fails alone (detach ignores a descriptor not in the set).
+      const cerr = watch(c.cfd);
+      const uerr = cerr === 0 ? watch(c.ufd) : 0;
+      if (cerr !== 0 || uerr !== 0) {
+        fail(c, cerr !== 0 ? DOWNSTREAM : UPSTREAM, cerr || uerr, FAIL_READ);
+        continue;
+      }
       // Bytes (or a FIN) that arrived before the watch began raise no edge: look now.
       pump(c.c2s);
       if (c.attached) pump(c.s2c);
