@@ -318,14 +318,25 @@ function onSocketError(this: AttachedSocket, err: NodeJS.ErrnoException): void {
   if (conn && conn.reason === null) conn.error ??= `${this === conn.client ? 'downstream' : 'upstream'}: ${err.code ?? err.message}`;
 }
 
-/** Node must not read a socket the worker relays: its read side is the worker's from now on. */
+/**
+ * Node must not read a socket the worker relays: its read side is the worker's from now on, and
+ * a byte read by libuv would be lost to the worker's stream. Reading is stopped, and restarting it
+ * (a stream internal that calls read(0) later) is made a no-op for the rest of the socket's life:
+ * once the worker lets go the socket is only reset or closed.
+ */
 function stopReading(socket: net.Socket): void {
   socket.pause();
-  const h = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
-  if (h?.reading) {
+  const h = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number; readStart?: () => number } })._handle;
+  if (h === undefined) return;
+  if (h.reading) {
     h.reading = false;
     h.readStop?.();
   }
+  h.readStart = noReadStart;
+}
+
+function noReadStart(): number {
+  return 0;
 }
 
 function socketFdOr(socket: net.Socket): number {

@@ -82,3 +82,42 @@ function onlyOffloaded(px: Awaited<ReturnType<typeof startRouteProxy>>): boolean
   const all = [...px.proxy.registry.all()];
   return all.length === 1 && all[0]!.offload !== null;
 }
+
+test('Node cannot steal the bytes of a spliced socket: a stray resume() reads nothing', async (t) => {
+  // The upstream reads nothing at first, so the worker stops reading the client once the pipe is
+  // full and the client's bytes wait in its socket: exactly what a stray libuv read would take.
+  let server: net.Socket | null = null;
+  const up = await startServer((s) => {
+    server = s;
+    s.pause();
+  });
+  const px = await startRouteProxy(up.port);
+  const c = await connect(px.port);
+  t.after(async () => {
+    c.destroy();
+    (server as net.Socket | null)?.destroy();
+    await px.close();
+    await up.close();
+  });
+  await waitFor(() => server !== null, 2000, 'upstream accept');
+  const total = 8 * 1024 * 1024;
+  const payload = Buffer.alloc(total, 0x5a);
+  c.end(payload);
+  const conn = [...px.proxy.registry.all()][0]!;
+  await waitFor(() => conn.c2s.paused, 5000, 'the worker to stop reading the client');
+  assert.ok(conn.offload !== null, 'the connection is on the splice relay');
+  // Something in the process puts the proxy's sockets back in flowing mode.
+  let stolen = 0;
+  for (const s of [conn.client, conn.upstream!]) {
+    s.on('data', (d: Buffer) => (stolen += d.length));
+    s.resume();
+  }
+  await sleep(100);
+  let got = 0;
+  const srv = server! as net.Socket;
+  srv.on('data', (d: Buffer) => (got += d.length));
+  srv.resume();
+  await new Promise((r) => srv.once('end', r));
+  assert.equal(stolen, 0, 'bytes read by Node instead of the worker');
+  assert.equal(got, total);
+});
