@@ -5,7 +5,7 @@
 export const OP_FIELDS = 6;
 /** Start relaying a connection: both sockets connected, neither read by Node. */
 export const OP_ATTACH = 1;
-/** Stop touching a connection's descriptors (the main thread is about to reset them); answered by EV_RELEASED. */
+/** Stop touching a connection's descriptors (the main thread is about to reset them); answered by EV_RELEASED. Fields: [op, id, clientFd, upstreamFd, 0, 0]. */
 export const OP_RELEASE = 2;
 
 /** Worker -> main, EV_FIELDS numbers each: [event, id, a, b, c]. */

@@ -286,8 +286,13 @@ function pump(f: Flow): void {
       setPaused(f, false);
     }
     if (f.state === FIN_RECEIVED && f.inPipe === 0) {
-      // Write-side shutdown only: the other direction keeps flowing.
-      const err = sys.shutdown(f.dst, SHUT_WR) === 0 ? socketError(f.dst) : errno();
+      // Write-side shutdown only: the other direction keeps flowing. A destination the peer had
+      // already reset must not count as a forwarded FIN: its reset is pending as SO_ERROR, or the
+      // shutdown fails (the socket is closed). Checked before, not after: a reset that comes back
+      // once our FIN has arrived (the peer read EOF, then crashed) is the peer's next move, and
+      // the FIN was forwarded; the read side reports that reset.
+      let err = socketError(f.dst);
+      if (err === 0 && sys.shutdown(f.dst, SHUT_WR) !== 0) err = socketError(f.dst) || errno();
       if (err !== 0) {
         fail(c, 1 - f.srcSide, err, FAIL_BEFORE_FIN);
         return;
@@ -337,7 +342,8 @@ function onOps(ops: number[]): void {
       pump(c.c2s);
       if (c.attached) pump(c.s2c);
     } else if (op === OP_RELEASE) {
-      const c = byFd.get(ops[i + 2]!);
+      // By either descriptor: not attached any more (failed, done) means nothing to let go of.
+      const c = byFd.get(ops[i + 2]!) ?? byFd.get(ops[i + 3]!);
       if (c !== undefined && c.id === id) detach(c);
       emit(EV_RELEASED, id, 0, 0, 0);
     }

@@ -60,6 +60,9 @@ class Attached {
     readonly conn: Connection,
     readonly slot: number,
     readonly events: RelayEvents,
+    /** The descriptors the worker borrowed (the sockets keep them until the worker lets go). */
+    readonly cfd: number,
+    readonly ufd: number,
   ) {}
 }
 
@@ -161,7 +164,7 @@ export class SpliceRelay implements Offload {
     this.live[base + SLOT_HELD + 1] = 0;
     conn.follow(this.live, base);
     conn.offload = this;
-    const rec = new Attached(this, conn, slot, events);
+    const rec = new Attached(this, conn, slot, events, cfd, ufd);
     this.attached.set(conn.id, rec);
     for (const s of [client, upstream]) {
       s[kAttached] = rec;
@@ -177,7 +180,7 @@ export class SpliceRelay implements Offload {
     const rec = this.attached.get(conn.id);
     if (rec === undefined || rec.releasing) return;
     rec.releasing = true;
-    this.post(OP_RELEASE, conn.id, socketFdOr(conn.client), 0, 0, 0);
+    this.post(OP_RELEASE, conn.id, rec.cfd, rec.ufd, 0, 0);
   }
 
   /** Ends the worker. Connections still attached are reset. */
@@ -337,12 +340,4 @@ function stopReading(socket: net.Socket): void {
 
 function noReadStart(): number {
   return 0;
-}
-
-function socketFdOr(socket: net.Socket): number {
-  try {
-    return socketFd(socket);
-  } catch {
-    return -1;
-  }
 }
