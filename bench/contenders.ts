@@ -63,7 +63,7 @@ export const direct: Contender = {
 export const halfclose: Contender = {
   name: 'halfclose',
   describe:
-    '`halfclose proxy --route` as shipped (built bin, one event loop; guard, registry and admin server on; access log on, to its default target stdout, which is a file)',
+    '`halfclose proxy --route` as shipped (built bin: its event loop and the splice worker thread; guard, registry and admin server on; access log on, to its default target stdout, which is a file)',
   unavailable() {
     if (!existsSync(join(repoRoot(), 'dist/src/cli/main.js'))) return 'not built (run make build)';
     return null;

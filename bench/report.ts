@@ -130,7 +130,7 @@ export function renderMarkdown(r: BenchResults): string {
   lines.push('');
   const pin = m.proxyCpu === null ? 'not pinned (taskset missing or one CPU)' : `pinned with taskset to CPU ${m.proxyCpu}, threads and forks included`;
   lines.push(
-    `Everything on 127.0.0.1. **Per core:** each proxy gets one core's worth of workers (HAProxy nbthread 1, nginx worker_processes 1, halfclose its one event loop, socat a forked process per connection) and each proxy process is ${pin}. Clients (iperf3, the latency and connection-rate programs) and upstreams (iperf3 -s, a Node echo server) are separate processes, not pinned, sharing the machine's ${m.nproc} CPUs. ${v}.`,
+    `Everything on 127.0.0.1. **Per core:** each proxy gets one core's worth of workers (HAProxy nbthread 1, nginx worker_processes 1, halfclose its event loop and its splice worker thread, socat a forked process per connection) and each proxy process is ${pin}. Clients (iperf3, the latency and connection-rate programs) and upstreams (iperf3 -s, a Node echo server) are separate processes, not pinned, sharing the machine's ${m.nproc} CPUs. ${v}.`,
   );
   lines.push('');
   lines.push(
