@@ -87,9 +87,12 @@ export class SpliceRelay implements Offload {
   /** A process that exits without stop() must still end the worker: Node joins its thread. */
   private readonly onExit = (): void => this.signalExit();
 
-  /** Starts the worker thread and waits until it relays. Rejects when it cannot (no koffi, no epoll). */
-  static async start(logger: Logger): Promise<SpliceRelay> {
-    const relay = new SpliceRelay(logger);
+  /**
+   * Starts the worker thread and waits until it relays. Rejects when it cannot (no koffi, no
+   * epoll). `workerUrl` replaces the worker's module (tests: a worker that fails to start).
+   */
+  static async start(logger: Logger, workerUrl = new URL('./splice-worker.js', import.meta.url)): Promise<SpliceRelay> {
+    const relay = new SpliceRelay(logger, workerUrl);
     try {
       await relay.ready;
     } catch (err) {
@@ -100,8 +103,12 @@ export class SpliceRelay implements Offload {
   }
 
   private readonly ready: Promise<void>;
+  private readonly exited: Promise<void>;
 
-  private constructor(private readonly logger: Logger) {
+  private constructor(
+    private readonly logger: Logger,
+    workerUrl: URL,
+  ) {
     const sys = libcCalls();
     this.wakeFd = sys.eventfd(0, O_NONBLOCK | O_CLOEXEC);
     if (this.wakeFd < 0) throw new Error(`eventfd: ${errnoName(errno())}`);
@@ -110,17 +117,20 @@ export class SpliceRelay implements Offload {
     this.live = new Float64Array(live);
     this.ctrl = new Int32Array(ctrl);
     const data: SpliceWorkerData = { wakeFd: this.wakeFd, live, ctrl };
-    this.worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
+    this.worker = new Worker(workerUrl, {
       workerData: data,
       // The worker allocates next to nothing (a few objects per connection); keep its heap small.
       resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 64 },
     });
-    this.worker.unref();
+    this.exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
     this.ready = new Promise<void>((resolve, reject) => {
       this.worker.once('message', () => resolve());
       this.worker.once('error', reject);
       this.worker.once('exit', (code) => reject(new Error(`splice relay worker exited with code ${code}`)));
     }).then(() => {
+      // Referenced while starting (the wait must keep the process alive), not afterwards: the
+      // proxy's listeners and sockets are what keep a process running, not the relay's thread.
+      this.worker.unref();
       this.worker.on('message', (evs: number[]) => this.onEvents(evs));
       this.worker.on('error', (err) => this.workerGone(err));
       this.worker.on('exit', (code) => {
@@ -188,10 +198,9 @@ export class SpliceRelay implements Offload {
     if (this.stopped) return;
     this.stopped = true;
     process.removeListener('exit', this.onExit);
-    const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.ref(); // waiting for it must keep the loop alive
     this.signalExit();
-    await exited;
+    await this.exited; // resolved already if the worker died or never started
     this.worker.removeAllListeners();
     libcCalls().close(this.wakeFd);
     this.resetAll();

@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readlinkSync } from 'node:fs';
 import type net from 'node:net';
-import { connect, observe, sleep, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
+import { SpliceRelay } from '../../src/proxy/splice.js';
+import { connect, fdCount, observe, sleep, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
 
 /** This process's open pipe descriptors. */
 function pipeFds(): number {
@@ -120,4 +121,17 @@ test('Node cannot steal the bytes of a spliced socket: a stray resume() reads no
   await new Promise((r) => srv.once('end', r));
   assert.equal(stolen, 0, 'bytes read by Node instead of the worker');
   assert.equal(got, total);
+});
+
+// (A start() that waited for the failed worker's exit a second time hung here: the timeout fails it.)
+test('a worker that cannot start: start() rejects and leaves no descriptor behind', { timeout: 10_000 }, async () => {
+  const quiet = { info() {}, warn() {}, error() {}, debug() {} } as unknown as Parameters<typeof SpliceRelay.start>[0];
+  const fds = fdCount();
+  await assert.rejects(SpliceRelay.start(quiet, new URL('data:text/javascript,throw new Error("no epoll here")')), /no epoll here/);
+  await assert.rejects(SpliceRelay.start(quiet, new URL('data:text/javascript,process.exit(3)')), /exited with code 3/);
+  assert.equal(fdCount(), fds, 'the eventfds are closed again');
+  // A working one starts and stops.
+  const relay = await SpliceRelay.start(quiet);
+  assert.equal(relay.size, 0);
+  await relay.stop();
 });
