@@ -37,7 +37,11 @@ test('outbound original destination, IPv4 and IPv6, through a REDIRECT rule', as
     const clientPort = line.local.split(':').pop();
     assert.notEqual(line.got.split(':').pop(), clientPort);
   }
-  const logged = proxy.output().split('\n').filter((l) => l.includes('"connection closed"')).map((l) => JSON.parse(l));
+  // A client has its echo and EOF before the proxy has closed both sockets and logged the line.
+  const closedLines = () => proxy.output().split('\n').filter((l) => l.includes('"connection closed"')).map((l) => JSON.parse(l));
+  const deadline = Date.now() + 5000;
+  while (closedLines().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const logged = closedLines();
   assert.equal(logged.length, 2);
   assert.deepEqual(logged.map((l) => l.originalDst.host).sort(), ['10.77.0.2', 'fd77::2']);
   assert.ok(logged.every((l) => l.reason === 'both-fin' && l.originalDst.port === 7777));
