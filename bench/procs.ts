@@ -134,15 +134,42 @@ export function workerCommand(): [string, string[]] {
 }
 
 /** A free TCP port on 127.0.0.1 (bound and released; the kernel will not hand it out again soon). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * Ports for the bench's own listeners: outside the kernel's ephemeral range, so nothing that
+ * binds port 0 meanwhile (a test running beside the smoke test, any client's source port) can be
+ * handed the same port between this check and the contender's bind, and then answer in its place.
+ */
+function portRange(): [number, number] {
+  let lo = 32768;
+  let hi = 60999;
+  try {
+    [lo, hi] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number) as [number, number];
+  } catch {
+    // not Linux: the defaults
+  }
+  return hi <= 64535 ? [hi + 1, 65535] : [Math.max(1024, lo - 8000), lo - 1];
+}
+
+function tryListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
   });
+}
+
+/** Every port handed out in this process: two calls before either port is bound must not get the same one. */
+const handedOut = new Set<number>();
+
+export async function freePort(): Promise<number> {
+  const [lo, hi] = portRange();
+  for (let i = 0; i < 200; i++) {
+    const port = lo + Math.floor(Math.random() * (hi - lo + 1));
+    if (handedOut.has(port) || !(await tryListen(port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(`no free port in ${lo}-${hi}`);
 }
 
 /** True when something LISTENs on 127.0.0.1:`port` (or 0.0.0.0), read from /proc/net/tcp. */
