@@ -128,6 +128,20 @@ export class ProxyMetrics implements ProxyObserver {
     }
 
     new Gauge({
+      name: 'halfclose_relay_connections',
+      help: 'Live connected connections per listener and relay: splice (bytes moved by the worker thread with splice(2)) or copy (through the event loop).',
+      labelNames: ['listener', 'relay'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of listeners) for (const relay of ['splice', 'copy']) this.set({ listener: l, relay }, 0);
+        for (const c of self.proxy.registry.all()) {
+          if (c.upstream === null || c.closedAt) continue;
+          this.inc({ listener: c.listener.name, relay: c.offload !== null ? 'splice' : 'copy' });
+        }
+      },
+    });
+    new Gauge({
       name: 'halfclose_draining',
       help: '1 while the proxy is draining (no new connections accepted), else 0.',
       registers,

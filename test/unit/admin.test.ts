@@ -118,6 +118,8 @@ test('metrics and /connections follow a connection: open, half-closed by the ser
     assert.equal(await st.metric('halfclose_bytes_total', { ...L, direction: 'client-to-server' }), 4);
     assert.equal(await st.metric('halfclose_connections_accepted_total', L), 1);
     assert.equal(await st.metric('halfclose_connections_active', { ...L, state: 'open' }), 1);
+    assert.equal(await st.metric('halfclose_relay_connections', { ...L, relay: 'splice' }), 1, 'the default relay carries it');
+    assert.equal(await st.metric('halfclose_relay_connections', { ...L, relay: 'copy' }), 0);
     assert.equal(await st.metric('halfclose_upstream_connect_seconds_count', L), 1);
 
     // The server half-closes: its FIN is forwarded, the client -> server direction stays open.
@@ -174,6 +176,22 @@ test('metrics and /connections follow a connection: open, half-closed by the ser
     assert.equal(stats.acceptedByListener.test, 1);
     assert.equal(stats.halfCloseDurations.count, 1);
     assert.equal(stats.guard.closeWaitSec, 60);
+  } finally {
+    await st.close();
+    await up.close();
+  }
+});
+
+test('halfclose_relay_connections counts a connection of relay: copy under copy', async () => {
+  const up = await startServer((s) => s.pipe(s));
+  const st = await startStack(up.port, { relay: 'copy' });
+  try {
+    const c = await connect(st.px.port);
+    c.write('x');
+    await new Promise((r) => c.once('data', r));
+    assert.equal(await st.metric('halfclose_relay_connections', { ...L, relay: 'copy' }), 1);
+    assert.equal(await st.metric('halfclose_relay_connections', { ...L, relay: 'splice' }), 0);
+    c.destroy();
   } finally {
     await st.close();
     await up.close();
