@@ -1,4 +1,4 @@
-// The libc calls the splice relay makes, through koffi. Loaded on first use, once per thread (the
+// The libc calls halfclose makes through koffi: the socket options (sockopt.ts) and the splice relay. Loaded on first use, once per thread (the
 // relay's worker thread loads its own copy). Every call returns the raw result; the caller reads
 // koffi.errno() when it is -1.
 
@@ -18,6 +18,7 @@ export interface Libc {
   read(fd: number, buf: Buffer, len: number): number;
   write(fd: number, buf: Buffer, len: number): number;
   getsockopt(fd: number, level: number, name: number, val: Buffer, len: Buffer): number;
+  setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
 }
 
 let libc: Libc | null = null;
@@ -38,6 +39,7 @@ export function libcCalls(): Libc {
       read: lib.func('long read(int fd, uint8_t *buf, size_t len)'),
       write: lib.func('long write(int fd, uint8_t *buf, size_t len)'),
       getsockopt: lib.func('int getsockopt(int fd, int level, int name, uint8_t *val, uint8_t *len)'),
+      setsockopt: lib.func('int setsockopt(int fd, int level, int name, uint8_t *val, uint32_t len)'),
     } as Libc;
   }
   return libc;
@@ -67,5 +69,3 @@ export const F_GETPIPE_SZ = 1032;
 export const SHUT_WR = 1;
 export const EAGAIN = 11;
 export const EINTR = 4;
-export const SOL_SOCKET = 1;
-export const SO_ERROR = 4;

@@ -5,6 +5,7 @@
 import net from 'node:net';
 import os from 'node:os';
 import koffi from 'koffi';
+import { libcCalls } from './libc.js';
 import { HalfcloseError, SockoptError } from '../errors.js';
 import type { OriginalDst } from '../util/address.js';
 
@@ -23,20 +24,8 @@ export const IP6T_SO_ORIGINAL_DST = 80;
 const AF_INET = 2;
 const AF_INET6 = 10;
 
-type Getsockopt = (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number;
-type Setsockopt = (fd: number, level: number, name: number, val: Buffer, len: number) => number;
-
-let libc: { getsockopt: Getsockopt; setsockopt: Setsockopt } | null = null;
-function sys(): { getsockopt: Getsockopt; setsockopt: Setsockopt } {
-  if (libc === null) {
-    const lib = koffi.load('libc.so.6');
-    libc = {
-      getsockopt: lib.func('int getsockopt(int fd, int level, int name, uint8_t *val, uint8_t *len)') as Getsockopt,
-      setsockopt: lib.func('int setsockopt(int fd, int level, int name, uint8_t *val, uint32_t len)') as Setsockopt,
-    };
-  }
-  return libc;
-}
+// One binding of libc per thread, shared with the splice relay's calls (libc.ts).
+const sys = libcCalls;
 
 // Scratch memory for the calls below. They are synchronous and JavaScript runs one at a time, so
 // one buffer each serves every call; koffi passes a Buffer as a plain pointer, with no marshalling
@@ -167,6 +156,16 @@ export function getTcpState(fd: number): number {
     throw new SockoptError('TCP_INFO', errno, `getsockopt TCP_INFO failed: ${errnoName(errno)}`);
   }
   return buf[0]!;
+}
+
+/**
+ * Reads and clears the socket's pending error (SO_ERROR) as an errno, 0 when there is none; when
+ * the getsockopt itself fails (a descriptor that is no socket any more), its errno. Never throws:
+ * for the splice relay's worker, which acts on the number.
+ */
+export function takeSocketErrno(fd: number): number {
+  if (sys().getsockopt(fd, SOL_SOCKET, SO_ERROR, intVal, len(4)) !== 0) return koffi.errno();
+  return intVal.readInt32LE(0);
 }
 
 /** Reads and clears the socket's pending error (SO_ERROR) as a code such as `ECONNRESET`, or null when there is none. */

@@ -30,11 +30,10 @@ import {
   O_CLOEXEC,
   O_NONBLOCK,
   SHUT_WR,
-  SO_ERROR,
-  SOL_SOCKET,
   SPLICE_F_MOVE,
   SPLICE_F_NONBLOCK,
 } from '../kernel/libc.js';
+import { takeSocketErrno } from '../kernel/sockopt.js';
 import {
   CTRL_EXIT,
   EV_DONE,
@@ -80,8 +79,6 @@ const epfd = sys.epoll_create1(O_CLOEXEC);
 const eventBuf = Buffer.alloc(EPOLL_EVENT_SIZE);
 const MAX_EVENTS = 256;
 const events = Buffer.alloc(EPOLL_EVENT_SIZE * MAX_EVENTS);
-const intVal = Buffer.alloc(4);
-const intLen = Buffer.alloc(4);
 const scratch = Buffer.alloc(8);
 /** Records for the main thread, sent once per loop turn. */
 let out: number[] = [];
@@ -94,13 +91,6 @@ function watch(fd: number): number {
   eventBuf.writeUInt32LE(fd, EPOLL_DATA_OFFSET);
   eventBuf.writeUInt32LE(0, EPOLL_DATA_OFFSET + 4);
   return sys.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, eventBuf) === 0 ? 0 : errno();
-}
-
-/** The socket's pending error (and clears it), 0 when none. */
-function socketError(fd: number): number {
-  intLen.writeUInt32LE(4, 0);
-  if (sys.getsockopt(fd, SOL_SOCKET, SO_ERROR, intVal, intLen) !== 0) return errno();
-  return intVal.readInt32LE(0);
 }
 
 // Pipes are borrowed per direction only while bytes are in flight and come back empty, so an idle
@@ -242,7 +232,7 @@ function pump(f: Flow): void {
           if (n === 0) {
             // EOF. A reset that arrived after the last bytes is kept as the socket's error, and a
             // FIN forwarded now would pass a crash off as a complete stream.
-            const err = socketError(f.src);
+            const err = takeSocketErrno(f.src);
             if (err !== 0) {
               fail(c, f.srcSide, err, FAIL_AFTER_EOF);
               return;
@@ -293,8 +283,8 @@ function pump(f: Flow): void {
       // shutdown fails (the socket is closed). Checked before, not after: a reset that comes back
       // once our FIN has arrived (the peer read EOF, then crashed) is the peer's next move, and
       // the FIN was forwarded; the read side reports that reset.
-      let err = socketError(f.dst);
-      if (err === 0 && sys.shutdown(f.dst, SHUT_WR) !== 0) err = socketError(f.dst) || errno();
+      let err = takeSocketErrno(f.dst);
+      if (err === 0 && sys.shutdown(f.dst, SHUT_WR) !== 0) err = takeSocketErrno(f.dst) || errno();
       if (err !== 0) {
         fail(c, 1 - f.srcSide, err, FAIL_BEFORE_FIN);
         return;
@@ -320,7 +310,7 @@ function onSocket(fd: number, ev: number): void {
   if (c.attached && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP) && into.blocked) pump(into);
   if (c.attached && ev & EPOLLERR) {
     // Nothing read it (EOF already seen, or its direction is blocked): the error is the socket's.
-    const err = socketError(fd);
+    const err = takeSocketErrno(fd);
     if (err !== 0) fail(c, from.srcSide, err, FAIL_IDLE);
   }
 }
