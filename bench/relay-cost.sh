@@ -6,6 +6,7 @@
 #
 # usage: bench/relay-cost.sh [REPS] [REPO] [MODES]
 #   REPO: a built checkout (default this one); MODES: any of c2s s2c conn rtt idle (default all)
+#   PEER=haproxy measures HAProxy (tcp mode, nbthread 1, as make bench runs it) the same way.
 set -euo pipefail
 reps=${1:-5}
 repo=$(cd "${2:-$(dirname "$0")/..}" && pwd)
@@ -36,9 +37,18 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 one() {
   set +e # a failed measurement prints "NaN NaN" and must still stop its halfclose
   local mode=$1 cpu=$(($(nproc) - 1))
-  taskset -c $cpu "$node" ${HC_NODE_FLAGS:-} "$repo/bin/halfclose" proxy ${HC_ARGS:-} --admin 127.0.0.1:0 \
-    --route 127.0.0.1:$p_route_echo=127.0.0.1:$p_echo --route 127.0.0.1:$p_route_iperf=127.0.0.1:$p_iperf \
-    >"$work/access.log" 2>"$work/hc.err" &
+  if [[ ${PEER:-halfclose} == haproxy ]]; then
+    # The same measurement of HAProxy as make bench configures it, for a ratio from the same minutes.
+    printf '%s\n' global '  nbthread 1' '  maxconn 9000' defaults '  mode tcp' '  maxconn 9000' \
+      '  timeout connect 5s' '  timeout client 1h' '  timeout server 1h' \
+      listen\ e "  bind 127.0.0.1:$p_route_echo" "  server up 127.0.0.1:$p_echo" \
+      listen\ i "  bind 127.0.0.1:$p_route_iperf" "  server up 127.0.0.1:$p_iperf" >"$work/haproxy.cfg"
+    taskset -c $cpu haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>"$work/hc.err" &
+  else
+    taskset -c $cpu "$node" ${HC_NODE_FLAGS:-} "$repo/bin/halfclose" proxy ${HC_ARGS:-} --admin 127.0.0.1:0 \
+      --route 127.0.0.1:$p_route_echo=127.0.0.1:$p_echo --route 127.0.0.1:$p_route_iperf=127.0.0.1:$p_iperf \
+      >"$work/access.log" 2>"$work/hc.err" &
+  fi
   local hc=$!
   pids+=($hc)
   for _ in $(seq 100); do

@@ -136,7 +136,7 @@ export class ProxyMetrics implements ProxyObserver {
         this.reset();
         for (const l of listeners) for (const relay of ['splice', 'copy']) this.set({ listener: l, relay }, 0);
         for (const c of self.proxy.registry.all()) {
-          if (c.upstream === null || c.closedAt) continue;
+          if (!c.connectedAt || c.closedAt) continue;
           this.inc({ listener: c.listener.name, relay: c.offload !== null ? 'splice' : 'copy' });
         }
       },

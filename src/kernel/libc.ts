@@ -1,4 +1,5 @@
-// The libc calls halfclose makes through koffi: the socket options (sockopt.ts) and the splice relay. Loaded on first use, once per thread (the
+// The libc calls halfclose makes through koffi: the socket options (sockopt.ts) and the splice relay
+// (its listening sockets, accept, connect, splice). Loaded on first use, once per thread (the
 // relay's worker thread loads its own copy). Every call returns the raw result; the caller reads
 // koffi.errno() when it is -1.
 
@@ -19,6 +20,14 @@ export interface Libc {
   write(fd: number, buf: Buffer, len: number): number;
   getsockopt(fd: number, level: number, name: number, val: Buffer, len: Buffer): number;
   setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  /** `addr`: a struct sockaddr_in or sockaddr_in6 (sockaddr.ts). */
+  bind(fd: number, addr: Buffer, len: number): number;
+  listen(fd: number, backlog: number): number;
+  /** `len`: a socklen_t in/out (4 bytes). */
+  accept4(fd: number, addr: Buffer, len: Buffer, flags: number): number;
+  connect(fd: number, addr: Buffer, len: number): number;
+  getsockname(fd: number, addr: Buffer, len: Buffer): number;
 }
 
 let libc: Libc | null = null;
@@ -40,6 +49,12 @@ export function libcCalls(): Libc {
       write: lib.func('long write(int fd, uint8_t *buf, size_t len)'),
       getsockopt: lib.func('int getsockopt(int fd, int level, int name, uint8_t *val, uint8_t *len)'),
       setsockopt: lib.func('int setsockopt(int fd, int level, int name, uint8_t *val, uint32_t len)'),
+      socket: lib.func('int socket(int domain, int type, int protocol)'),
+      bind: lib.func('int bind(int fd, uint8_t *addr, uint32_t len)'),
+      listen: lib.func('int listen(int fd, int backlog)'),
+      accept4: lib.func('int accept4(int fd, uint8_t *addr, uint8_t *len, int flags)'),
+      connect: lib.func('int connect(int fd, uint8_t *addr, uint32_t len)'),
+      getsockname: lib.func('int getsockname(int fd, uint8_t *addr, uint8_t *len)'),
     } as Libc;
   }
   return libc;
@@ -69,3 +84,11 @@ export const F_GETPIPE_SZ = 1032;
 export const SHUT_WR = 1;
 export const EAGAIN = 11;
 export const EINTR = 4;
+export const EINPROGRESS = 115;
+export const EMFILE = 24;
+export const ENFILE = 23;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = O_NONBLOCK;
+export const SOCK_CLOEXEC = O_CLOEXEC;

@@ -23,7 +23,7 @@ export class FixedDestination implements DestinationResolver {
 }
 
 /** The addresses of this network namespace, to recognise a destination that points back at us. */
-function localAddresses(): Set<string> {
+export function localAddresses(): Set<string> {
   const set = new Set<string>(['127.0.0.1', '::1', '0.0.0.0', '::']);
   for (const list of Object.values(os.networkInterfaces())) for (const a of list ?? []) set.add(a.address);
   return set;

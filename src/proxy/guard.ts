@@ -103,6 +103,7 @@ export class ConntrackGuard implements ProxyObserver {
   private readonly guarded = new Set<Connection>();
   private sweepTimer: NodeJS.Timeout | null = null;
   private readonly socketPollMs: number | undefined;
+  private readonly halfClosedListeners: ((k: KeepaliveSettings | null) => void)[] = [];
 
   constructor(
     private readonly config: ProxyConfig,
@@ -130,6 +131,14 @@ export class ConntrackGuard implements ProxyObserver {
   stop(): void {
     this.watcher.stop();
     this.stopSweep();
+  }
+
+  /**
+   * Tells `listener` each time the keepalive for half-closed connections changes: the splice
+   * relay's worker applies it itself, at a connection's first FIN and to those already guarded.
+   */
+  onHalfClosedChange(listener: (k: KeepaliveSettings | null) => void): void {
+    this.halfClosedListeners.push(listener);
   }
 
   /** Re-reads the sysctl now (tests; the timer does the same every few seconds). */
@@ -162,6 +171,7 @@ export class ConntrackGuard implements ProxyObserver {
     this.logger.info({ previousCloseWaitSec: prev, closeWaitSec: sec }, `${CLOSE_WAIT_SYSCTL} changed from ${prev ?? 'absent'} to ${sec ?? 'absent'}`);
     this.logPlan();
     const after = this.plan.halfClosed;
+    if ((before ? fmtKeepalive(before) : 'off') !== (after ? fmtKeepalive(after) : 'off')) for (const l of this.halfClosedListeners) l(after);
     if (after && (!before || fmtKeepalive(before) !== fmtKeepalive(after))) {
       // Connections already half-closed would keep probing at the old pace and could lose their entries.
       for (const conn of this.guarded) this.applyKeepalive(conn, after);

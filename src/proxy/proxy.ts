@@ -6,15 +6,17 @@
 import type net from 'node:net';
 import { upstreamSourceFor, type ProxyConfig, type ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import { unmapIPv4, type Endpoint } from '../util/address.js';
+import { formatEndpoint, unmapIPv4, type Endpoint } from '../util/address.js';
 import { createAccessLog, type AccessLog } from './accesslog.js';
 import { connectUpstream } from './connect.js';
-import { FixedDestination, OriginalDestination, type DestinationResolver } from './destination.js';
+import { FixedDestination, localAddresses, OriginalDestination, type DestinationResolver } from './destination.js';
 import { ConntrackGuard, type GuardOptions } from './guard.js';
-import { bindListener, type BoundListener } from './listener.js';
+import { bindListener, bindRawListener, type BoundListener } from './listener.js';
 import { Connection, Registry, type CloseReason } from './registry.js';
 import { abortConnection, resetSocket, startRelay, type DirectionName, type RelayEvents } from './relay.js';
-import { SpliceRelay } from './splice.js';
+import { SpliceRelay, type RawListener, type SpliceHost } from './splice.js';
+import { libcCalls } from '../kernel/libc.js';
+import { sockaddrOf } from '../kernel/sockaddr.js';
 import { ConnectionTimers } from './timers.js';
 
 export interface ProxyObserver {
@@ -49,8 +51,11 @@ export class Proxy {
   private readonly timers: ConnectionTimers;
   private readonly resolvers = new Map<string, DestinationResolver>();
   private bound: BoundListener[] = [];
-  /** The splice relay's worker, when `relay: splice` and the kernel lets it start; else every connection is copied. */
+  /** Listening sockets the splice relay's worker accepts on. */
+  private raw: RawListener[] = [];
+  /** The splice relay's worker, when `relay: splice` and the kernel lets it start: it accepts, connects and relays every connection. Else Node accepts and connects, and the relay copies. */
   private splice: SpliceRelay | null = null;
+  private lastAcceptWarningAt = 0;
   private draining = false;
   /** One per pending drain(): a second drain (SIGTERM after POST /drain, a second signal) must not orphan the first. */
   private readonly whenEmpty = new Set<() => void>();
@@ -84,11 +89,15 @@ export class Proxy {
 
   /** Bound listeners with their real addresses (port 0 resolved). */
   listeners(): readonly { name: string; kind: string; address: Endpoint }[] {
-    return this.bound.map((b) => ({ name: b.config.name, kind: b.config.kind, address: b.address }));
+    return [...this.raw, ...this.bound].map((b) => ({ name: b.config.name, kind: b.config.kind, address: b.address }));
   }
 
   /** Binds every listener; on any failure closes those already bound and throws HC_ERR_LISTEN. */
   async start(): Promise<void> {
+    if (this.config.relay === 'splice' && (await this.startSplice())) {
+      this.guard.start();
+      return;
+    }
     // Resolvers exist before the first bind: a redirected connection can arrive on the first
     // listener while the next one is still binding. The loop guard's port set fills as they bind.
     const ownPorts = new Set<number>(this.config.listeners.map((l) => l.listen.port).filter((p) => p !== 0));
@@ -98,13 +107,6 @@ export class Proxy {
         this.resolverFor?.(l) ?? (l.kind === 'route' ? new FixedDestination(l.upstream!) : new OriginalDestination(ownPorts)),
       );
     }
-    if (this.config.relay === 'splice' && this.splice === null) {
-      try {
-        this.splice = await SpliceRelay.start(this.logger);
-      } catch (err) {
-        this.logger.warn({ err: (err as Error).message }, 'splice relay unavailable: copying every connection through Node instead');
-      }
-    }
     try {
       for (const l of this.config.listeners) {
         const b = await bindListener(l, (socket, cfg) => this.accept(socket, cfg));
@@ -113,11 +115,93 @@ export class Proxy {
       }
     } catch (err) {
       await this.closeListeners();
-      await this.splice?.stop();
       throw err;
     }
     this.guard.start();
   }
+
+  /**
+   * Binds the listeners for the splice relay's worker and starts it. False when the relay cannot
+   * serve this configuration (a host name to resolve, a test's resolver) or the worker cannot
+   * start: Node then accepts, connects and copies.
+   */
+  private async startSplice(): Promise<boolean> {
+    const names = this.config.listeners.filter((l) => l.listen.family === 0 || (l.upstream !== null && l.upstream.family === 0));
+    if (this.resolverFor !== undefined) return false;
+    if (names.length > 0) {
+      this.logger.info({ listeners: names.map((l) => l.name) }, 'splice relay off: a listen address or route upstream is a host name, which Node resolves for each connection; every connection is copied');
+      return false;
+    }
+    try {
+      for (const l of this.config.listeners) this.raw.push({ config: l, ...bindRawListener(l) });
+    } catch (err) {
+      this.closeRaw();
+      throw err;
+    }
+    const ownPorts = new Set<number>(this.config.listeners.map((l) => l.listen.port).filter((p) => p !== 0));
+    for (const r of this.raw) ownPorts.add(r.address.port);
+    const source = (l: ListenerConfig, anyOfFamily: string): Uint8Array | null => {
+      const host = upstreamSourceFor(l.upstreamSource, anyOfFamily);
+      return host ? sockaddrOf({ host, port: 0 }) : null;
+    };
+    try {
+      this.splice = await SpliceRelay.start({
+        logger: this.logger,
+        host: this.spliceHost,
+        listeners: this.raw,
+        workerListeners: this.raw.map((r) => ({
+          fd: r.fd,
+          target: r.config.kind === 'route' ? sockaddrOf(r.config.upstream!) : null,
+          source4: source(r.config, '0.0.0.0'),
+          source6: source(r.config, '::'),
+        })),
+        ownPorts: [...ownPorts],
+        localHosts: [...localAddresses()],
+        connectTimeoutMs: this.config.connectTimeoutMs,
+        bufferLimitBytes: this.config.bufferLimitBytes,
+        halfClosed: this.guard.status().halfClosed,
+        established: this.guard.status().established,
+        userTimeoutMs: this.config.userTimeoutMs,
+      });
+    } catch (err) {
+      this.closeRaw();
+      this.logger.warn({ err: (err as Error).message }, 'splice relay unavailable: Node accepts, connects and copies every connection instead');
+      return false;
+    }
+    this.guard.onHalfClosedChange((k) => this.splice?.setHalfClosedKeepalive(k));
+    return true;
+  }
+
+  private closeRaw(): void {
+    for (const r of this.raw) libcCalls().close(r.fd);
+    this.raw = [];
+  }
+
+  /** What the proxy does with the connections the splice relay's worker reports. */
+  private readonly spliceHost: SpliceHost = {
+    accepted: (conn) => {
+      this.registry.add(conn);
+      for (const o of this.observers) o.accepted?.(conn);
+      this.timers.arm(conn); // the max-duration and idle clocks run from accept
+    },
+    connected: (conn) => {
+      for (const o of this.observers) o.connected?.(conn);
+    },
+    halfClosed: (conn, dir) => this.relayEvents.halfClosed(conn, dir),
+    finished: (conn) => {
+      if (!conn.connectedAt && (conn.reason === 'no-original-dst' || conn.reason === 'loop-refused')) {
+        this.logger.warn({ conn: conn.id, listener: conn.listener.name, client: conn.clientAddr, reason: conn.reason }, conn.error ?? conn.reason);
+      }
+      this.finish(conn);
+    },
+    acceptFailed: (l, code) => {
+      // Once a second at most: a listener out of descriptors fails every accept until some close.
+      const now = Date.now();
+      if (now - this.lastAcceptWarningAt < 1000) return;
+      this.lastAcceptWarningAt = now;
+      this.logger.warn({ listener: l.name, address: formatEndpoint(l.listen), code }, `cannot accept on listener "${l.name}": ${code}; accepting pauses for 100ms`);
+    },
+  };
 
   private accept(socket: net.Socket, l: ListenerConfig): void {
     const now = Date.now();
@@ -164,9 +248,7 @@ export class Proxy {
         return;
       }
       for (const o of this.observers) o.connected?.(conn);
-      if (this.splice === null || !this.splice.attach(conn, this.config.bufferLimitBytes, this.relayEvents)) {
-        startRelay(conn, this.config.bufferLimitBytes, this.relayEvents);
-      }
+      startRelay(conn, this.config.bufferLimitBytes, this.relayEvents);
       // The relay has its own error handler now; this one would keep accept()'s scope alive.
       socket.removeListener('error', onEarlyError);
     });
@@ -177,7 +259,7 @@ export class Proxy {
     conn.reason ??= reason;
     if (reason !== 'drain') conn.error ??= detail;
     const client = conn.client;
-    if (client.destroyed) {
+    if (client === null || client.destroyed) {
       this.finish(conn);
       return;
     }
@@ -190,7 +272,7 @@ export class Proxy {
 
   private expire(conn: Connection, reason: CloseReason): void {
     this.logger.debug({ conn: conn.id, reason }, 'timer expired');
-    if (conn.upstream === null) {
+    if (conn.offload === null && conn.upstream === null) {
       // Still connecting: the connect callback sees the reason and resets the new upstream.
       this.refuse(conn, reason, reason);
       return;
@@ -209,7 +291,7 @@ export class Proxy {
   }
 
   private async closeListeners(): Promise<void> {
-    await Promise.all(this.bound.map((b) => new Promise<void>((r) => b.server.close(() => r()))));
+    await Promise.all([...this.bound.map((b) => new Promise<void>((r) => b.server.close(() => r()))), this.splice?.unlisten()]);
   }
 
   /**
@@ -222,11 +304,13 @@ export class Proxy {
       this.logger.info({ connections: this.registry.size, drainTimeoutMs: timeoutMs }, 'draining: no new connections');
     }
     const closed = this.closeListeners();
+    // The worker reports the clients it took from the backlog before it answers: they drain too.
+    await this.splice?.unlisten();
     if (this.registry.size > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           for (const c of [...this.registry.all()]) {
-            if (c.upstream === null) this.refuse(c, 'drain', 'drain timeout');
+            if (c.offload === null && c.upstream === null) this.refuse(c, 'drain', 'drain timeout');
             else abortConnection(c, 'drain');
           }
         }, timeoutMs);

@@ -72,7 +72,11 @@ export class Direction {
   }
   unfollow(): void {
     if (this.live === null) return;
-    this.ownBytes = this.live[this.liveAt]!;
+    this.unfollowWith(this.live[this.liveAt]!);
+  }
+  /** Stops following with a final byte count (the splice relay's worker may reuse the slot at once). */
+  unfollowWith(bytes: number): void {
+    this.ownBytes = bytes;
     this.ownPaused = false;
     this.live = null;
   }
@@ -92,9 +96,9 @@ function iso(ms: number): string | null {
   return ms ? new Date(ms).toISOString() : null;
 }
 
-/** Something other than the copying relay moving a connection's bytes (the splice relay). */
+/** Something other than the copying relay moving a connection's bytes (the splice relay's worker, which owns its sockets). */
 export interface Offload {
-  /** End the connection: reset both sockets once nothing else uses their descriptors. */
+  /** End the connection: reset both sockets. The offload finishes the connection once it has. */
   release(conn: Connection): void;
 }
 
@@ -104,8 +108,12 @@ export type ConnectionState = 'connecting' | 'open' | 'half-closed-client' | 'ha
 export class Connection {
   readonly id: number;
   readonly listener: ListenerConfig;
-  readonly client: net.Socket;
+  /** The client's socket when Node accepted it (copying relay); null when the splice relay's worker owns the connection. */
+  readonly client: net.Socket | null;
   readonly clientAddr: ClientAddr;
+  /** The sockets' descriptors while the splice relay's worker holds them, else -1 (diagnostics and tests: they belong to the worker). */
+  clientFd = -1;
+  upstreamFd = -1;
   readonly startedAt: number;
   upstream: net.Socket | null = null;
   /** Our own address on the upstream connection (what the service sees). */
@@ -140,7 +148,7 @@ export class Connection {
   /** Error text when a socket failed (code and syscall), for the access log. */
   error: string | null = null;
 
-  constructor(id: number, listener: ListenerConfig, client: net.Socket, clientAddr: ClientAddr, now: number) {
+  constructor(id: number, listener: ListenerConfig, client: net.Socket | null, clientAddr: ClientAddr, now: number) {
     this.id = id;
     this.listener = listener;
     this.client = client;
@@ -165,6 +173,14 @@ export class Connection {
     this.live = null;
     this.c2s.unfollow();
     this.s2c.unfollow();
+  }
+  /** Stops following with the final counters the worker sent (it may already reuse the slot). */
+  unfollowWith(c2sBytes: number, s2cBytes: number, activityAt: number): void {
+    if (this.live === null) return;
+    this.ownActivityAt = Math.max(this.ownActivityAt, activityAt);
+    this.live = null;
+    this.c2s.unfollowWith(c2sBytes);
+    this.s2c.unfollowWith(s2cBytes);
   }
 
   get state(): ConnectionState {

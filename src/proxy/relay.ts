@@ -35,7 +35,8 @@ export function resetSocket(socket: net.Socket | null): void {
 export function abortConnection(conn: Connection, reason: CloseReason): void {
   if (conn.reason === null) conn.reason = reason;
   const now = Date.now();
-  for (const d of [conn.c2s, conn.s2c]) {
+  // A connection that never connected has no directions to reset.
+  if (conn.connectedAt) for (const d of [conn.c2s, conn.s2c]) {
     if (d.state !== 'fin-forwarded' && d.state !== 'reset') {
       d.state = 'reset';
       d.resetAt = now;
@@ -116,12 +117,6 @@ export const UPSTREAM_ONREAD: net.OnReadOpts = {
     return true; // flow control is the relay's: pause() and resume()
   },
 };
-
-/** True when Node has already read from the socket something the relay has not passed on (bytes or EOF). */
-export function hasUnrelayedInput(socket: net.Socket): boolean {
-  const s = socket as ReadSocket & { _readableState?: { ended?: boolean } };
-  return socket.readableLength > 0 || s._readableState?.ended === true || (s[kEarly]?.length ?? 0) > 0;
-}
 
 /** How often a source whose reading is paused (backpressure) is checked for a reset. */
 const PAUSED_RESET_POLL_MS = 500;

@@ -1,28 +1,53 @@
 // What the proxy's main thread and the splice relay's worker thread tell each other. Both sides
-// send flat arrays of numbers (cheap to clone), a fixed number of fields per record.
+// send flat arrays of numbers (cheap to clone), one record after another: [kind, id, n, ...n
+// fields]. Addresses travel in the six-number form of kernel/sockaddr.ts.
 
-/** Main -> worker, OP_FIELDS numbers each: [op, id, clientFd, upstreamFd, slot, capacity]. */
-export const OP_FIELDS = 6;
-/** Start relaying a connection: both sockets connected, neither read by Node. */
-export const OP_ATTACH = 1;
-/** Stop touching a connection's descriptors (the main thread is about to reset them); answered by EV_RELEASED. Fields: [op, id, clientFd, upstreamFd, 0, 0]. */
-export const OP_RELEASE = 2;
+/** Main -> worker: stop relaying connection `id` and reset both of its sockets; answered by EV_RELEASED. No fields. */
+export const OP_RELEASE = 1;
+/** Main -> worker: the guard's keepalive for half-closed connections changed. Fields: [idleSec, intervalSec, count], all 0 for off. */
+export const OP_KEEPALIVE = 2;
+/** Main -> worker: stop accepting, close every listening socket; answered by EV_UNLISTENED. id 0, no fields. */
+export const OP_UNLISTEN = 3;
 
-/** Worker -> main, EV_FIELDS numbers each: [event, id, a, b, c]. */
-export const EV_FIELDS = 5;
-/** A FIN was read: a = direction (0 c2s, 1 s2c), b = epoch ms. */
-export const EV_FIN = 1;
-/** Everything before that FIN was written and the destination shut down for writing: a = direction, b = epoch ms. */
-export const EV_FIN_FORWARDED = 2;
 /**
- * A socket failed; the worker has let go of both descriptors. a = side (0 downstream, 1
- * upstream), b = errno, c = where (the FAIL_* below).
+ * A client was accepted. Fields: [listener index, epoch ms, slot, client fd, client address (6),
+ * target address (6)]. The target is the original destination for an original-destination
+ * listener, family 0 for a route (its fixed upstream).
  */
-export const EV_FAILED = 3;
-/** Both directions ended with a forwarded FIN; the worker has let go of both descriptors. */
-export const EV_DONE = 4;
-/** Answer to OP_RELEASE: the worker has let go of both descriptors. */
-export const EV_RELEASED = 5;
+export const EV_ACCEPTED = 1;
+/** The upstream connection is up. Fields: [epoch ms, upstream fd, our upstream address (6)]. */
+export const EV_CONNECTED = 2;
+/**
+ * The connection ended before it could relay; the client was reset. Fields: [index in
+ * REFUSE_REASONS, errno (0: our own connect timer), epoch ms].
+ */
+export const EV_REFUSED = 3;
+/** A FIN was read. Fields: [direction (0 c2s, 1 s2c), epoch ms]. */
+export const EV_FIN = 4;
+/** Everything before that FIN was written and the destination shut down for writing. Fields: [direction, epoch ms]. */
+export const EV_FIN_FORWARDED = 5;
+/**
+ * A socket failed; both were reset and closed. Fields: [side (0 downstream, 1 upstream), errno,
+ * where (FAIL_*), ...FINAL_FIELDS].
+ */
+export const EV_FAILED = 6;
+/** Both directions ended with a forwarded FIN; both sockets closed. Fields: FINAL_FIELDS. */
+export const EV_DONE = 7;
+/** Answer to OP_RELEASE: both sockets reset and closed. Fields: FINAL_FIELDS. */
+export const EV_RELEASED = 8;
+/** Answer to OP_UNLISTEN. id 0, no fields. */
+export const EV_UNLISTENED = 9;
+/** accept4 failed with something other than EAGAIN (EMFILE: accepting pauses briefly). Fields: [errno, listener index]. id 0. */
+export const EV_ACCEPT_ERROR = 10;
+
+/**
+ * The last counters of a connection whose slot the worker is giving up (it may hand the slot to
+ * the next connection at once): [bytes c2s, bytes s2c, last activity epoch ms].
+ */
+export const FINAL_FIELDS = 3;
+
+/** Close reasons the worker can give a connection it refuses, by index. */
+export const REFUSE_REASONS = ['connect-refused', 'connect-timeout', 'connect-unreachable', 'connect-error', 'no-original-dst', 'loop-refused'] as const;
 
 export const FAIL_READ = 0;
 export const FAIL_WRITE = 1;

@@ -1,9 +1,12 @@
-// The splice relay's worker thread: moves each connection's bytes socket -> pipe -> socket with
-// splice(2), so they never enter the process, under its own epoll loop. The main thread keeps
-// everything else (accept, connect, timers, guard, log) and keeps owning the descriptors: this
-// thread only borrows them, and gives them back (removes them from its epoll and forgets them)
-// before it reports that a connection failed, finished or was released. The main thread closes a
-// descriptor only after that report, so a number the kernel reuses can never reach this thread.
+// The splice relay's worker thread: it owns whole connections. It accepts on the listening sockets
+// the main thread bound, finds each connection's destination (a route's fixed upstream, or the
+// original destination through SO_ORIGINAL_DST), connects with a timeout, then moves the bytes
+// socket -> pipe -> socket with splice(2), so they never enter the process, and closes or resets
+// both sockets at the end — all through koffi calls under its own epoll loop, with no net.Socket
+// anywhere. The main thread keeps the connection records, the timers, the guard's decisions, the
+// metrics and the access log; it learns of each step from the records this thread sends, and ends
+// a connection early (timer, guard, drain) with OP_RELEASE. Every connection gets exactly one
+// terminal record: EV_REFUSED, EV_FAILED, EV_DONE or EV_RELEASED. Descriptors are closed only here.
 //
 // Per direction, the same states as the copying relay (relay.ts): open -> fin-received (splice
 // read 0) -> fin-forwarded (the pipe drained into the destination, then shutdown(SHUT_WR) of it),
@@ -11,8 +14,13 @@
 
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import {
+  AF_INET,
+  AF_INET6,
   EAGAIN,
+  EINPROGRESS,
   EINTR,
+  EMFILE,
+  ENFILE,
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
   EPOLL_DATA_OFFSET,
@@ -30,25 +38,50 @@ import {
   O_CLOEXEC,
   O_NONBLOCK,
   SHUT_WR,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
   SPLICE_F_MOVE,
   SPLICE_F_NONBLOCK,
 } from '../kernel/libc.js';
-import { takeSocketErrno } from '../kernel/sockopt.js';
+import { endpointAt, isMappedV4, pushAddr, SOCKADDR_MAX } from '../kernel/sockaddr.js';
+import {
+  IPPROTO_TCP,
+  IP6T_SO_ORIGINAL_DST,
+  SO_KEEPALIVE,
+  SO_LINGER,
+  SO_ORIGINAL_DST,
+  SOL_IP,
+  SOL_IPV6,
+  SOL_SOCKET,
+  takeSocketErrno,
+  TCP_KEEPCNT,
+  TCP_KEEPIDLE,
+  TCP_KEEPINTVL,
+  TCP_NODELAY,
+  TCP_USER_TIMEOUT,
+} from '../kernel/sockopt.js';
 import {
   CTRL_EXIT,
+  EV_ACCEPT_ERROR,
+  EV_ACCEPTED,
+  EV_CONNECTED,
   EV_DONE,
   EV_FAILED,
   EV_FIN,
   EV_FIN_FORWARDED,
+  EV_REFUSED,
   EV_RELEASED,
+  EV_UNLISTENED,
   FAIL_AFTER_EOF,
   FAIL_BEFORE_FIN,
   FAIL_IDLE,
   FAIL_READ,
   FAIL_WRITE,
-  OP_ATTACH,
-  OP_FIELDS,
+  OP_KEEPALIVE,
   OP_RELEASE,
+  OP_UNLISTEN,
+  REFUSE_REASONS,
   SLOT_ACTIVITY,
   SLOT_BYTES,
   SLOT_FIELDS,
@@ -56,11 +89,37 @@ import {
   SLOT_PAUSED,
 } from './splice-protocol.js';
 
+export interface WorkerListener {
+  /** The listening socket, bound by the main thread (non-blocking). */
+  fd: number;
+  /** A route's fixed upstream as a sockaddr; null for an original-destination listener. */
+  target: Uint8Array | null;
+  /** The source address to bind for upstreams of each family (port 0), or null. */
+  source4: Uint8Array | null;
+  source6: Uint8Array | null;
+}
+
+/** Keepalive as [idle s, interval s, count]. */
+export type KeepaliveTriple = [number, number, number];
+
 export interface SpliceWorkerData {
   /** eventfd the main thread writes after each batch of operations. */
   wakeFd: number;
   live: SharedArrayBuffer;
   ctrl: SharedArrayBuffer;
+  /** Connections relayed at once: the slots of `live`. Past it a client is reset at accept. */
+  maxSlots: number;
+  listeners: WorkerListener[];
+  /** Ports of our own listeners and the addresses of this namespace: an original destination among them is a loop. */
+  ownPorts: number[];
+  localHosts: string[];
+  connectTimeoutMs: number;
+  bufferLimitBytes: number;
+  /** The guard's keepalive for half-closed connections, applied at a connection's first FIN; null: off. */
+  halfClosed: KeepaliveTriple | null;
+  /** Keepalive (null: off) and TCP_USER_TIMEOUT (0: off) set on both sockets at connect. */
+  established: KeepaliveTriple | null;
+  userTimeoutMs: number;
 }
 
 const OPEN = 0;
@@ -68,29 +127,78 @@ const FIN_RECEIVED = 1;
 const FIN_FORWARDED = 2;
 const DOWNSTREAM = 0;
 const UPSTREAM = 1;
+const CONNECTING = 0;
+const RELAYING = 1;
+const CLOSED = 2;
+
+const ECONNREFUSED = 111;
+const ETIMEDOUT = 110;
+const EHOSTUNREACH = 113;
+const ENETUNREACH = 101;
+const REFUSE = Object.fromEntries(REFUSE_REASONS.map((r, i) => [r, i])) as Record<(typeof REFUSE_REASONS)[number], number>;
 
 const sys = libcCalls();
-const { wakeFd, live: liveBuf, ctrl: ctrlBuf } = workerData as SpliceWorkerData;
-const live = new Float64Array(liveBuf);
-const ctrl = new Int32Array(ctrlBuf);
+const data = workerData as SpliceWorkerData;
+const { wakeFd, listeners, connectTimeoutMs, bufferLimitBytes, established, userTimeoutMs } = data;
+let halfClosedKeepalive = data.halfClosed;
+const ownPorts = new Set(data.ownPorts);
+const localHosts = new Set(data.localHosts);
+const live = new Float64Array(data.live);
+const ctrl = new Int32Array(data.ctrl);
 const port = parentPort!;
+const targets = listeners.map((l) => (l.target ? Buffer.from(l.target) : null));
+const sources4 = listeners.map((l) => (l.source4 ? Buffer.from(l.source4) : null));
+const sources6 = listeners.map((l) => (l.source6 ? Buffer.from(l.source6) : null));
+const listenerByFd = new Map(listeners.map((l, i) => [l.fd, i]));
+let listening = true;
+/** While accept4 fails for want of descriptors, listeners are out of the epoll set until then (epoch ms). */
+let acceptPausedUntil = 0;
 
 const epfd = sys.epoll_create1(O_CLOEXEC);
 const eventBuf = Buffer.alloc(EPOLL_EVENT_SIZE);
 const MAX_EVENTS = 256;
 const events = Buffer.alloc(EPOLL_EVENT_SIZE * MAX_EVENTS);
 const scratch = Buffer.alloc(8);
+const addrBuf = Buffer.alloc(SOCKADDR_MAX);
+const addrLen = Buffer.alloc(4);
+const dstBuf = Buffer.alloc(SOCKADDR_MAX);
+const localBuf = Buffer.alloc(SOCKADDR_MAX);
+const optVal = Buffer.alloc(8);
+/** struct linger { l_onoff = 1, l_linger = 0 }: close() sends an RST. */
+const lingerReset = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 /** Records for the main thread, sent once per loop turn. */
 let out: number[] = [];
 
-/** Adds a socket to the epoll set; the errno when that fails, else 0. */
-function watch(fd: number): number {
-  // Edge-triggered, in and out: a direction reads until the socket is dry; EPOLLOUT matters only
-  // while a direction is blocked on its destination (checked before acting on it).
-  eventBuf.writeUInt32LE((EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) >>> 0, 0);
+function ctl(op: number, fd: number, flags: number): number {
+  eventBuf.writeUInt32LE(flags >>> 0, 0);
   eventBuf.writeUInt32LE(fd, EPOLL_DATA_OFFSET);
   eventBuf.writeUInt32LE(0, EPOLL_DATA_OFFSET + 4);
-  return sys.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, eventBuf) === 0 ? 0 : errno();
+  return sys.epoll_ctl(epfd, op, fd, eventBuf) === 0 ? 0 : errno();
+}
+
+/** Adds a connection's socket to the epoll set; the errno when that fails, else 0. */
+function watch(fd: number): number {
+  // Edge-triggered, in and out: a direction reads until the socket is dry; EPOLLOUT matters only
+  // while connecting and while a direction is blocked on its destination.
+  return ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+}
+
+function setInt(fd: number, level: number, name: number, value: number): void {
+  optVal.writeInt32LE(value, 0);
+  sys.setsockopt(fd, level, name, optVal, 4);
+}
+
+function setKeepalive(fd: number, k: KeepaliveTriple): void {
+  setInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, k[0]);
+  setInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, k[1]);
+  setInt(fd, IPPROTO_TCP, TCP_KEEPCNT, k[2]);
+  setInt(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+}
+
+/** Closes with an RST (SO_LINGER 0), as Node's resetAndDestroy does. */
+function reset(fd: number): void {
+  sys.setsockopt(fd, SOL_SOCKET, SO_LINGER, lingerReset, 8);
+  sys.close(fd);
 }
 
 // Pipes are borrowed per direction only while bytes are in flight and come back empty, so an idle
@@ -126,6 +234,10 @@ function givePipe(p: Pipe, empty: boolean): void {
   }
 }
 
+function emptyPool(): void {
+  while (pool.length > 0) givePipe(pool.pop()!, false);
+}
+
 class Flow {
   state = OPEN;
   pipe: Pipe | null = null;
@@ -145,51 +257,280 @@ class Flow {
 }
 
 class Conn {
-  readonly c2s: Flow;
-  readonly s2c: Flow;
-  attached = true;
+  phase = CONNECTING;
+  ufd = -1;
+  c2s: Flow | null = null;
+  s2c: Flow | null = null;
+  /** Epoch ms by which the upstream must have answered (0: no connect timer). */
+  deadline = 0;
+  /** The half-closed keepalive is on (set at the first FIN). */
+  guarded = false;
   constructor(
     readonly id: number,
     readonly cfd: number,
-    readonly ufd: number,
+    readonly slot: number,
     readonly base: number,
-    limit: number,
-  ) {
-    this.c2s = new Flow(this, cfd, ufd, 0, DOWNSTREAM, limit);
-    this.s2c = new Flow(this, ufd, cfd, 1, UPSTREAM, limit);
-    this.c2s.peer = this.s2c;
-    this.s2c.peer = this.c2s;
-  }
+    readonly listener: number,
+  ) {}
 }
 
+/** Connections by any of their descriptors, and by id (for the main thread's operations). */
 const byFd = new Map<number, Conn>();
+const byId = new Map<number, Conn>();
+const freeSlots: number[] = [];
+let nextSlot = 0;
+let nextId = 1;
+/** Connects waiting for an answer, oldest first (one timeout for all, so deadlines are in order). */
+let connecting: Conn[] = [];
+let connectingHead = 0;
 
-function emit(ev: number, id: number, a: number, b: number, c: number): void {
-  out.push(ev, id, a, b, c);
+function takeSlot(): number {
+  return freeSlots.pop() ?? (nextSlot < data.maxSlots ? nextSlot++ : -1);
 }
 
-/** Gives both descriptors back: out of the epoll set, out of the map, pipes returned. */
-function detach(c: Conn): void {
-  if (!c.attached) return;
-  c.attached = false;
-  sys.epoll_ctl(epfd, EPOLL_CTL_DEL, c.cfd, null);
-  sys.epoll_ctl(epfd, EPOLL_CTL_DEL, c.ufd, null);
+/** Ends a connection's life here: out of every map, pipes back, its last counters to the main thread. */
+function finish(c: Conn, ev: number, a: number, b: number, cc: number, fields: number): void {
+  c.phase = CLOSED;
+  byId.delete(c.id);
   byFd.delete(c.cfd);
-  byFd.delete(c.ufd);
+  if (c.ufd >= 0) byFd.delete(c.ufd);
   for (const f of [c.c2s, c.s2c]) {
-    if (f.pipe !== null) givePipe(f.pipe, f.inPipe === 0);
-    f.pipe = null;
+    if (f !== null && f.pipe !== null) givePipe(f.pipe, f.inPipe === 0);
+    if (f !== null) f.pipe = null;
   }
-  if (byFd.size === 0) emptyPool();
+  const base = c.base;
+  if (fields === 3) out.push(ev, c.id, 6, a, b, cc, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!);
+  else out.push(ev, c.id, 3, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!);
+  freeSlots.push(c.slot);
+  if (byId.size === 0) emptyPool();
 }
 
-function emptyPool(): void {
-  while (pool.length > 0) givePipe(pool.pop()!, false);
-}
-
+/** Both sockets reset and closed: a socket failed (side, errno, where). */
 function fail(c: Conn, side: number, code: number, where: number): void {
-  detach(c);
-  emit(EV_FAILED, c.id, side, code, where);
+  reset(c.cfd);
+  reset(c.ufd);
+  finish(c, EV_FAILED, side, code, where, 3);
+}
+
+function release(c: Conn): void {
+  if (c.phase === RELAYING) {
+    reset(c.cfd);
+    reset(c.ufd);
+    finish(c, EV_RELEASED, 0, 0, 0, 0);
+  } else {
+    if (c.ufd >= 0) sys.close(c.ufd);
+    reset(c.cfd);
+    finish(c, EV_RELEASED, 0, 0, 0, 0);
+  }
+}
+
+/** Ends a connection that never relayed: the client gets an RST, never a clean EOF. */
+function refuse(c: Conn, reason: number, code: number): void {
+  if (c.ufd >= 0) sys.close(c.ufd);
+  reset(c.cfd);
+  c.phase = CLOSED;
+  byId.delete(c.id);
+  byFd.delete(c.cfd);
+  if (c.ufd >= 0) byFd.delete(c.ufd);
+  out.push(EV_REFUSED, c.id, 3, reason, code, Date.now());
+  freeSlots.push(c.slot);
+}
+
+function connectReason(code: number): number {
+  switch (code) {
+    case ECONNREFUSED:
+      return REFUSE['connect-refused'];
+    case ETIMEDOUT:
+      return REFUSE['connect-timeout'];
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+      return REFUSE['connect-unreachable'];
+    default:
+      return REFUSE['connect-error'];
+  }
+}
+
+function acceptFrom(li: number, lfd: number, max = 64): void {
+  // Bounded per turn, so one busy listener cannot starve the connections already relaying.
+  for (let n = 0; n < max; n++) {
+    addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
+    const fd = sys.accept4(lfd, addrBuf, addrLen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      const e = errno();
+      if (e === EAGAIN || e === EINTR) return;
+      out.push(EV_ACCEPT_ERROR, 0, 2, e, li);
+      // Out of descriptors: the listener would wake us at once, forever. Leave the backlog alone for a moment.
+      if (e === EMFILE || e === ENFILE) pauseAccepting();
+      return;
+    }
+    accepted(li, fd);
+  }
+}
+
+function pauseAccepting(): void {
+  acceptPausedUntil = Date.now() + 100;
+  for (const l of listeners) ctl(EPOLL_CTL_DEL, l.fd, 0);
+}
+
+function resumeAccepting(): void {
+  acceptPausedUntil = 0;
+  if (listening) for (const l of listeners) ctl(EPOLL_CTL_ADD, l.fd, EPOLLIN);
+}
+
+function accepted(li: number, cfd: number): void {
+  const slot = takeSlot();
+  if (slot < 0) {
+    reset(cfd);
+    out.push(EV_ACCEPT_ERROR, 0, 2, -1, li);
+    return;
+  }
+  const now = Date.now();
+  const base = slot * SLOT_FIELDS;
+  live[base + SLOT_ACTIVITY] = now;
+  live[base + SLOT_BYTES] = 0;
+  live[base + SLOT_BYTES + 1] = 0;
+  live[base + SLOT_PAUSED] = 0;
+  live[base + SLOT_HELD] = 0;
+  live[base + SLOT_HELD + 1] = 0;
+  const c = new Conn(nextId++, cfd, slot, base, li);
+  byId.set(c.id, c);
+  byFd.set(cfd, c);
+  setInt(cfd, IPPROTO_TCP, TCP_NODELAY, 1);
+  out.push(EV_ACCEPTED, c.id, 16, li, now, slot, cfd);
+  pushAddr(out, addrBuf);
+  // The destination: the route's upstream, or what conntrack says the client dialled.
+  let target = targets[li]!;
+  let refusal = -1;
+  let code = 0;
+  if (target === null) {
+    target = dstBuf;
+    // A dual-stack listener's IPv4 client (::ffff:a.b.c.d) was redirected by iptables, not ip6tables.
+    const v6 = addrBuf.readUInt16LE(0) === AF_INET6 && !isMappedV4(out, out.length - 6);
+    addrLen.writeUInt32LE(v6 ? 28 : 16, 0);
+    if (sys.getsockopt(cfd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IP6T_SO_ORIGINAL_DST : SO_ORIGINAL_DST, dstBuf, addrLen) !== 0) {
+      refusal = REFUSE['no-original-dst'];
+      code = errno();
+      out.push(0, 0, 0, 0, 0, 0);
+    } else {
+      pushAddr(out, dstBuf);
+      if (isLoop(cfd, out, out.length - 6)) refusal = REFUSE['loop-refused'];
+    }
+  } else {
+    out.push(0, 0, 0, 0, 0, 0);
+  }
+  if (refusal >= 0) refuse(c, refusal, code);
+  else startConnect(c, target);
+}
+
+/** An original destination that is one of our own listeners: the connection was not redirected, or it would loop. */
+function isLoop(cfd: number, a: number[], i: number): boolean {
+  if (!ownPorts.has(a[i + 1]!)) return false;
+  const dst = endpointAt(a, i);
+  if (dst === null) return false;
+  if (localHosts.has(dst.host)) return true;
+  // Not into dstBuf: that holds the destination to connect to when this says no.
+  addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
+  if (sys.getsockname(cfd, localBuf, addrLen) !== 0) return false;
+  const local: number[] = [];
+  pushAddr(local, localBuf);
+  return endpointAt(local, 0)?.host === dst.host;
+}
+
+function startConnect(c: Conn, target: Buffer): void {
+  const family = target.readUInt16LE(0);
+  const ufd = sys.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (ufd < 0) {
+    refuse(c, REFUSE['connect-error'], errno());
+    return;
+  }
+  c.ufd = ufd;
+  setInt(ufd, IPPROTO_TCP, TCP_NODELAY, 1);
+  const source = family === AF_INET ? sources4[c.listener] : sources6[c.listener];
+  if (source && sys.bind(ufd, source, source.length) !== 0) {
+    refuse(c, REFUSE['connect-error'], errno());
+    return;
+  }
+  if (sys.connect(ufd, target, family === AF_INET ? 16 : 28) !== 0) {
+    const e = errno();
+    if (e !== EINPROGRESS) {
+      refuse(c, connectReason(e), e);
+      return;
+    }
+  }
+  byFd.set(ufd, c);
+  const werr = watch(ufd);
+  if (werr !== 0) {
+    refuse(c, REFUSE['connect-error'], werr);
+    return;
+  }
+  if (connectTimeoutMs > 0) {
+    c.deadline = Date.now() + connectTimeoutMs;
+    connecting.push(c);
+  }
+  // A connect that completed at once still raises EPOLLOUT: it is handled there, like any other.
+}
+
+/** The upstream answered (EPOLLOUT or an error while connecting). */
+function onConnectDone(c: Conn): void {
+  const e = takeSocketErrno(c.ufd);
+  if (e !== 0) {
+    refuse(c, connectReason(e), e);
+    return;
+  }
+  c.phase = RELAYING;
+  c.c2s = new Flow(c, c.cfd, c.ufd, 0, DOWNSTREAM, bufferLimitBytes);
+  c.s2c = new Flow(c, c.ufd, c.cfd, 1, UPSTREAM, bufferLimitBytes);
+  c.c2s.peer = c.s2c;
+  c.s2c.peer = c.c2s;
+  if (established !== null) {
+    setKeepalive(c.cfd, established);
+    setKeepalive(c.ufd, established);
+  }
+  if (userTimeoutMs > 0) {
+    setInt(c.cfd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
+    setInt(c.ufd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
+  }
+  out.push(EV_CONNECTED, c.id, 8, Date.now(), c.ufd);
+  addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
+  if (sys.getsockname(c.ufd, addrBuf, addrLen) === 0) pushAddr(out, addrBuf);
+  else out.push(0, 0, 0, 0, 0, 0);
+  const cerr = watch(c.cfd);
+  if (cerr !== 0) {
+    fail(c, DOWNSTREAM, cerr, FAIL_READ);
+    return;
+  }
+  // Bytes (or a FIN) that arrived before the watch began raise no edge: look now.
+  pump(c.c2s);
+  if (c.phase === RELAYING) pump(c.s2c);
+}
+
+function expireConnects(now: number): void {
+  while (connectingHead < connecting.length) {
+    const c = connecting[connectingHead]!;
+    if (c.phase === CONNECTING && c.deadline > now) break;
+    connectingHead++;
+    if (c.phase === CONNECTING) refuse(c, REFUSE['connect-timeout'], 0);
+  }
+  if (connectingHead > 1024 && connectingHead * 2 > connecting.length) {
+    connecting = connecting.slice(connectingHead);
+    connectingHead = 0;
+  }
+}
+
+/** The nearest connect deadline still pending, or 0. */
+function nextDeadline(): number {
+  for (let i = connectingHead; i < connecting.length; i++) {
+    if (connecting[i]!.phase === CONNECTING) return connecting[i]!.deadline;
+  }
+  return 0;
+}
+
+/** The first FIN of a connection: the guard's keepalive goes on both of its sockets. */
+function guard(c: Conn): void {
+  if (c.guarded || halfClosedKeepalive === null) return;
+  c.guarded = true;
+  setKeepalive(c.cfd, halfClosedKeepalive);
+  setKeepalive(c.ufd, halfClosedKeepalive);
 }
 
 function setPaused(f: Flow, paused: boolean): void {
@@ -240,7 +581,8 @@ function pump(f: Flow): void {
             f.state = FIN_RECEIVED;
             const now = Date.now();
             live[c.base + SLOT_ACTIVITY] = now;
-            emit(EV_FIN, c.id, f.dir, now, 0);
+            out.push(EV_FIN, c.id, 2, f.dir, now);
+            guard(c);
           } else {
             const e = errno();
             if (e !== EAGAIN && e !== EINTR) {
@@ -290,10 +632,12 @@ function pump(f: Flow): void {
         return;
       }
       f.state = FIN_FORWARDED;
-      emit(EV_FIN_FORWARDED, c.id, f.dir, Date.now(), 0);
+      out.push(EV_FIN_FORWARDED, c.id, 2, f.dir, Date.now());
       if (f.peer.state === FIN_FORWARDED) {
-        detach(c);
-        emit(EV_DONE, c.id, 0, 0, 0);
+        // Both FINs are through and both sockets read to EOF: a plain close.
+        sys.close(c.cfd);
+        sys.close(c.ufd);
+        finish(c, EV_DONE, 0, 0, 0, 0);
       }
       return;
     }
@@ -304,11 +648,15 @@ function pump(f: Flow): void {
 function onSocket(fd: number, ev: number): void {
   const c = byFd.get(fd);
   if (c === undefined) return;
-  const from = fd === c.cfd ? c.c2s : c.s2c; // the direction this socket is the source of
+  if (c.phase === CONNECTING) {
+    if (fd === c.ufd && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) onConnectDone(c);
+    return;
+  }
+  const from = fd === c.cfd ? c.c2s! : c.s2c!; // the direction this socket is the source of
   const into = from.peer; // and the one it is the destination of
   if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pump(from);
-  if (c.attached && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP) && into.blocked) pump(into);
-  if (c.attached && ev & EPOLLERR) {
+  if (c.phase === RELAYING && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP) && into.blocked) pump(into);
+  if (c.phase === RELAYING && ev & EPOLLERR) {
     // Nothing read it (EOF already seen, or its direction is blocked): the error is the socket's.
     const err = takeSocketErrno(fd);
     if (err !== 0) fail(c, from.srcSide, err, FAIL_IDLE);
@@ -316,28 +664,35 @@ function onSocket(fd: number, ev: number): void {
 }
 
 function onOps(ops: number[]): void {
-  for (let i = 0; i + OP_FIELDS <= ops.length; i += OP_FIELDS) {
+  for (let i = 0; i + 3 <= ops.length; i += 3 + ops[i + 2]!) {
     const op = ops[i]!;
-    const id = ops[i + 1]!;
-    if (op === OP_ATTACH) {
-      const c = new Conn(id, ops[i + 2]!, ops[i + 3]!, ops[i + 4]! * SLOT_FIELDS, ops[i + 5]!);
-      byFd.set(c.cfd, c);
-      byFd.set(c.ufd, c);
-      // A connection that cannot be watched fails alone (detach ignores a descriptor not in the set).
-      const cerr = watch(c.cfd);
-      const uerr = cerr === 0 ? watch(c.ufd) : 0;
-      if (cerr !== 0 || uerr !== 0) {
-        fail(c, cerr !== 0 ? DOWNSTREAM : UPSTREAM, cerr || uerr, FAIL_READ);
-        continue;
+    if (op === OP_RELEASE) {
+      // Not here any more (failed, done, refused) means its terminal record is already on its way.
+      const c = byId.get(ops[i + 1]!);
+      if (c !== undefined) release(c);
+    } else if (op === OP_KEEPALIVE) {
+      const k: KeepaliveTriple = [ops[i + 3]!, ops[i + 4]!, ops[i + 5]!];
+      halfClosedKeepalive = k[0] > 0 ? k : null;
+      // Connections already half-closed would keep probing at the old pace and could lose their entries.
+      if (halfClosedKeepalive !== null) {
+        for (const c of byId.values()) {
+          if (!c.guarded || c.phase !== RELAYING) continue;
+          setKeepalive(c.cfd, halfClosedKeepalive);
+          setKeepalive(c.ufd, halfClosedKeepalive);
+        }
       }
-      // Bytes (or a FIN) that arrived before the watch began raise no edge: look now.
-      pump(c.c2s);
-      if (c.attached) pump(c.s2c);
-    } else if (op === OP_RELEASE) {
-      // By either descriptor: not attached any more (failed, done) means nothing to let go of.
-      const c = byFd.get(ops[i + 2]!) ?? byFd.get(ops[i + 3]!);
-      if (c !== undefined && c.id === id) detach(c);
-      emit(EV_RELEASED, id, 0, 0, 0);
+    } else if (op === OP_UNLISTEN) {
+      if (listening) {
+        // Clients whose handshake completed wait in the backlog, and closing the listener would
+        // reset them: they are ours, so they are accepted first and drain with the others.
+        if (acceptPausedUntil === 0) listeners.forEach((l, li) => acceptFrom(li, l.fd, Infinity));
+        listening = false;
+        for (const l of listeners) {
+          if (acceptPausedUntil === 0) ctl(EPOLL_CTL_DEL, l.fd, 0);
+          sys.close(l.fd);
+        }
+      }
+      out.push(EV_UNLISTENED, 0, 0);
     }
   }
 }
@@ -345,17 +700,24 @@ function onOps(ops: number[]): void {
 /** Pooled pipes are closed when the last connection goes, or after this long without a single event. */
 const POOL_IDLE_MS = 1000;
 
+/** How long epoll_wait may sleep: until the nearest connect deadline, accept resumption or pool expiry. */
+function waitMs(now: number): number {
+  let until = 0;
+  const d = nextDeadline();
+  if (d > 0) until = d;
+  if (acceptPausedUntil > 0 && (until === 0 || acceptPausedUntil < until)) until = acceptPausedUntil;
+  if (until > 0) return Math.max(0, until - now);
+  return pool.length > 0 ? POOL_IDLE_MS : -1;
+}
+
 function loop(): void {
   for (;;) {
-    const n = sys.epoll_wait(epfd, events, MAX_EVENTS, pool.length > 0 ? POOL_IDLE_MS : -1);
-    if (n === 0) {
-      emptyPool();
-      continue;
-    }
+    const n = sys.epoll_wait(epfd, events, MAX_EVENTS, waitMs(Date.now()));
     if (n < 0) {
       if (errno() === EINTR) continue;
       throw new Error(`epoll_wait: errno ${errno()}`);
     }
+    if (n === 0 && connectingHead >= connecting.length && acceptPausedUntil === 0) emptyPool();
     for (let i = 0; i < n; i++) {
       const at = i * EPOLL_EVENT_SIZE;
       const ev = events.readUInt32LE(at);
@@ -364,10 +726,18 @@ function loop(): void {
         sys.read(wakeFd, scratch, 8);
         if (Atomics.load(ctrl, CTRL_EXIT) === 1) return;
         for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) onOps(m.message as number[]);
+        continue;
+      }
+      const li = listenerByFd.get(fd);
+      if (li !== undefined) {
+        if (listening) acceptFrom(li, fd);
       } else {
         onSocket(fd, ev);
       }
     }
+    const now = Date.now();
+    if (connectingHead < connecting.length) expireConnects(now);
+    if (acceptPausedUntil > 0 && now >= acceptPausedUntil) resumeAccepting();
     if (out.length > 0) {
       port.postMessage(out);
       out = [];
@@ -375,11 +745,23 @@ function loop(): void {
   }
 }
 
-eventBuf.writeUInt32LE(EPOLLIN, 0);
-eventBuf.writeUInt32LE(wakeFd, EPOLL_DATA_OFFSET);
-eventBuf.writeUInt32LE(0, EPOLL_DATA_OFFSET + 4);
-if (epfd < 0 || sys.epoll_ctl(epfd, EPOLL_CTL_ADD, wakeFd, eventBuf) !== 0) throw new Error(`epoll: errno ${errno()}`);
+/** On exit: every connection reset, every listener and pipe closed. */
+function closeAll(): void {
+  for (const c of byId.values()) {
+    if (c.ufd >= 0) reset(c.ufd);
+    reset(c.cfd);
+  }
+  byId.clear();
+  byFd.clear();
+  if (listening) for (const l of listeners) sys.close(l.fd);
+  emptyPool();
+  sys.close(epfd);
+}
+
+if (epfd < 0 || ctl(EPOLL_CTL_ADD, wakeFd, EPOLLIN) !== 0) throw new Error(`epoll: errno ${errno()}`);
+for (const l of listeners) {
+  if (ctl(EPOLL_CTL_ADD, l.fd, EPOLLIN) !== 0) throw new Error(`epoll: listener: errno ${errno()}`);
+}
 port.postMessage('ready');
 loop();
-emptyPool();
-sys.close(epfd);
+closeAll();

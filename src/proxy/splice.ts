@@ -1,70 +1,49 @@
-// The splice relay, main-thread side. Once both sockets of a connection are connected and none of
-// their bytes has been read by Node, the connection is handed to a worker thread
-// (splice-worker.ts) that moves its bytes kernel to kernel with splice(2): no copy into the process,
-// no Buffer, no stream machinery, and none of it on the event loop that accepts and connects.
-//
-// This thread keeps the sockets (and so the descriptors), the connection record, the timers, the
-// guard and the access log. The worker reports each FIN it reads and forwards, and gives the
-// descriptors back when a socket fails, when both FINs are through, or when asked to (a timer, the
-// guard or a drain ending the connection); only then does this thread reset or close the sockets.
-// Bytes and the time of the last one are counted in shared memory, read without a message.
+// The splice relay, main-thread side. A worker thread (splice-worker.ts) owns the connections
+// whole: it accepts on the listening sockets bound here, connects upstream, moves the bytes kernel
+// to kernel with splice(2) and closes both sockets — no net.Socket, no Buffer and no stream
+// machinery per connection, and none of it on the event loop. This thread keeps what operators
+// see: a Connection record per connection (registry, timers, guard decisions, metrics, access log),
+// built from the records the worker sends, and it ends a connection early (timer, guard, drain)
+// by asking the worker to reset it (OP_RELEASE). Bytes and the time of the last one are counted in
+// shared memory, read without a message.
 //
 // Semantics are the copying relay's (relay.ts), state for state and close reason for close reason;
-// `relay: copy` in the config (`--relay copy`) uses that one instead.
+// `relay: copy` in the config (`--relay copy`) uses that one, with Node accepting and connecting.
 
-import type net from 'node:net';
 import { Worker } from 'node:worker_threads';
+import type { ListenerConfig } from '../config/schema.js';
 import { libcCalls, O_CLOEXEC, O_NONBLOCK, errno } from '../kernel/libc.js';
-import { errnoName, socketFd } from '../kernel/sockopt.js';
+import { endpointAt } from '../kernel/sockaddr.js';
+import { errnoName, type KeepaliveSettings } from '../kernel/sockopt.js';
 import type { Logger } from '../log.js';
-import type { Connection, Offload } from './registry.js';
-import { abortConnection, hasUnrelayedInput, reasonForError, resetSocket, type RelayEvents, type Side } from './relay.js';
+import { formatEndpoint, type Endpoint } from '../util/address.js';
+import { abortConnection, reasonForError, type DirectionName, type Side } from './relay.js';
+import { Connection, type CloseReason, type Offload } from './registry.js';
 import {
   CTRL_EXIT,
+  EV_ACCEPT_ERROR,
+  EV_ACCEPTED,
+  EV_CONNECTED,
   EV_DONE,
   EV_FAILED,
-  EV_FIELDS,
   EV_FIN,
   EV_FIN_FORWARDED,
+  EV_REFUSED,
   EV_RELEASED,
+  EV_UNLISTENED,
   FAIL_AFTER_EOF,
   FAIL_BEFORE_FIN,
   FAIL_IDLE,
-  OP_ATTACH,
+  OP_KEEPALIVE,
   OP_RELEASE,
-  SLOT_ACTIVITY,
-  SLOT_BYTES,
+  OP_UNLISTEN,
+  REFUSE_REASONS,
   SLOT_FIELDS,
-  SLOT_HELD,
-  SLOT_PAUSED,
 } from './splice-protocol.js';
-import type { SpliceWorkerData } from './splice-worker.js';
+import type { KeepaliveTriple, SpliceWorkerData, WorkerListener } from './splice-worker.js';
 
-/** Connections relayed at once (each holds one slot of shared counters, 48 bytes). Past it: copying. */
+/** Connections relayed at once (each holds one slot of shared counters, 48 bytes). Past it a client is reset. */
 const MAX_SLOTS = 1 << 15;
-const kAttached = Symbol('halfclose.splice.attached');
-
-interface AttachedSocket extends net.Socket {
-  [kAttached]?: Attached;
-}
-
-class Attached {
-  /** Sockets closed so far (the connection is finished at two). */
-  closed = 0;
-  /** OP_RELEASE sent: the connection is ending on this side's initiative. */
-  releasing = false;
-  /** The worker has let go of the descriptors. */
-  settled = false;
-  constructor(
-    readonly relay: SpliceRelay,
-    readonly conn: Connection,
-    readonly slot: number,
-    readonly events: RelayEvents,
-    /** The descriptors the worker borrowed (the sockets keep them until the worker lets go). */
-    readonly cfd: number,
-    readonly ufd: number,
-  ) {}
-}
 
 const SUFFIX: Record<number, string> = {
   [FAIL_AFTER_EOF]: ' (after its last bytes)',
@@ -72,27 +51,71 @@ const SUFFIX: Record<number, string> = {
   [FAIL_IDLE]: ' (while nothing was reading it)',
 };
 
+/** What the proxy does with the connections the worker reports. */
+export interface SpliceHost {
+  /** A new connection (registered by the host), before its upstream is connected. */
+  accepted(conn: Connection): void;
+  /** The upstream connection is up; the worker relays. */
+  connected(conn: Connection): void;
+  /** A FIN was read in `dir`. */
+  halfClosed(conn: Connection, dir: DirectionName): void;
+  /** Both sockets are closed and `conn.reason` is final (refused connections included). */
+  finished(conn: Connection): void;
+  /** accept4 failed on a listener (out of descriptors, or too many connections). */
+  acceptFailed(listener: ListenerConfig, code: string): void;
+}
+
+/** A listening socket bound by this thread for the worker. */
+export interface RawListener {
+  readonly config: ListenerConfig;
+  readonly fd: number;
+  readonly address: Endpoint;
+}
+
+export interface SpliceOptions {
+  logger: Logger;
+  host: SpliceHost;
+  listeners: readonly RawListener[];
+  /** Route upstreams and upstream sources as sockaddrs, by listener (see WorkerListener). */
+  workerListeners: WorkerListener[];
+  ownPorts: number[];
+  localHosts: string[];
+  connectTimeoutMs: number;
+  bufferLimitBytes: number;
+  halfClosed: KeepaliveSettings | null;
+  established: KeepaliveSettings | null;
+  userTimeoutMs: number;
+  /** Replaces the worker's module (tests: a worker that fails to start). */
+  workerUrl?: URL;
+}
+
+const triple = (k: KeepaliveSettings | null): KeepaliveTriple | null => (k === null ? null : [k.idleSec, k.intervalSec, k.count]);
+
 export class SpliceRelay implements Offload {
   private readonly worker: Worker;
   private readonly wakeFd: number;
   private readonly live: Float64Array;
   private readonly ctrl: Int32Array;
-  private readonly attached = new Map<number, Attached>();
-  private readonly freeSlots: number[] = [];
-  private nextSlot = 0;
+  private readonly host: SpliceHost;
+  private readonly listeners: readonly RawListener[];
+  /** Connections the worker holds, by id. */
+  private readonly conns = new Map<number, Connection>();
+  /** Ids asked to be released (OP_RELEASE sent). */
+  private readonly releasing = new Set<number>();
   private ops: number[] = [];
   private flushing = false;
   private stopped = false;
+  private unlistened: Promise<void> | null = null;
+  private onUnlistened: (() => void) | null = null;
   private readonly one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
   /** A process that exits without stop() must still end the worker: Node joins its thread. */
   private readonly onExit = (): void => this.signalExit();
+  private readonly ready: Promise<void>;
+  private readonly exited: Promise<void>;
 
-  /**
-   * Starts the worker thread and waits until it relays. Rejects when it cannot (no koffi, no
-   * epoll). `workerUrl` replaces the worker's module (tests: a worker that fails to start).
-   */
-  static async start(logger: Logger, workerUrl = new URL('./splice-worker.js', import.meta.url)): Promise<SpliceRelay> {
-    const relay = new SpliceRelay(logger, workerUrl);
+  /** Starts the worker on the bound listeners and waits until it accepts. Rejects when it cannot (no koffi, no epoll). */
+  static async start(opts: SpliceOptions): Promise<SpliceRelay> {
+    const relay = new SpliceRelay(opts);
     try {
       await relay.ready;
     } catch (err) {
@@ -102,13 +125,9 @@ export class SpliceRelay implements Offload {
     return relay;
   }
 
-  private readonly ready: Promise<void>;
-  private readonly exited: Promise<void>;
-
-  private constructor(
-    private readonly logger: Logger,
-    workerUrl: URL,
-  ) {
+  private constructor(private readonly opts: SpliceOptions) {
+    this.host = opts.host;
+    this.listeners = opts.listeners;
     const sys = libcCalls();
     this.wakeFd = sys.eventfd(0, O_NONBLOCK | O_CLOEXEC);
     if (this.wakeFd < 0) throw new Error(`eventfd: ${errnoName(errno())}`);
@@ -116,10 +135,23 @@ export class SpliceRelay implements Offload {
     const ctrl = new SharedArrayBuffer(4);
     this.live = new Float64Array(live);
     this.ctrl = new Int32Array(ctrl);
-    const data: SpliceWorkerData = { wakeFd: this.wakeFd, live, ctrl };
-    this.worker = new Worker(workerUrl, {
+    const data: SpliceWorkerData = {
+      wakeFd: this.wakeFd,
+      live,
+      ctrl,
+      maxSlots: MAX_SLOTS,
+      listeners: opts.workerListeners,
+      ownPorts: opts.ownPorts,
+      localHosts: opts.localHosts,
+      connectTimeoutMs: opts.connectTimeoutMs,
+      bufferLimitBytes: opts.bufferLimitBytes,
+      halfClosed: triple(opts.halfClosed),
+      established: triple(opts.established),
+      userTimeoutMs: opts.userTimeoutMs,
+    };
+    this.worker = new Worker(opts.workerUrl ?? new URL('./splice-worker.js', import.meta.url), {
       workerData: data,
-      // The worker allocates next to nothing (a few objects per connection); keep its heap small.
+      // The worker allocates little (two small objects per connection); keep its heap small.
       resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 64 },
     });
     this.exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
@@ -129,7 +161,7 @@ export class SpliceRelay implements Offload {
       this.worker.once('exit', (code) => reject(new Error(`splice relay worker exited with code ${code}`)));
     }).then(() => {
       // Referenced while starting (the wait must keep the process alive), not afterwards: the
-      // proxy's listeners and sockets are what keep a process running, not the relay's thread.
+      // proxy's listeners (the admin server, a signal handler) keep a process running, not the relay's thread.
       this.worker.unref();
       this.worker.on('message', (evs: number[]) => this.onEvents(evs));
       this.worker.on('error', (err) => this.workerGone(err));
@@ -140,60 +172,34 @@ export class SpliceRelay implements Offload {
     process.once('exit', this.onExit);
   }
 
+  /** Connections the worker holds. */
   get size(): number {
-    return this.attached.size;
+    return this.conns.size;
   }
 
-  /**
-   * Hands a connected connection to the worker. False (the caller copies it instead) when a byte
-   * or an EOF was already read by Node, or every slot is taken.
-   */
-  attach(conn: Connection, bufferLimitBytes: number, events: RelayEvents): boolean {
-    const client = conn.client as AttachedSocket;
-    const upstream = conn.upstream as AttachedSocket | null;
-    if (this.stopped || upstream === null || hasUnrelayedInput(client) || hasUnrelayedInput(upstream)) return false;
-    const slot = this.freeSlots.pop() ?? (this.nextSlot < MAX_SLOTS ? this.nextSlot++ : -1);
-    if (slot < 0) return false;
-    let cfd: number;
-    let ufd: number;
-    try {
-      cfd = socketFd(client);
-      ufd = socketFd(upstream);
-    } catch {
-      this.freeSlots.push(slot);
-      return false;
-    }
-    stopReading(client);
-    stopReading(upstream);
-    const base = slot * SLOT_FIELDS;
-    this.live[base + SLOT_ACTIVITY] = conn.lastActivityAt;
-    this.live[base + SLOT_BYTES] = conn.c2s.bytes;
-    this.live[base + SLOT_BYTES + 1] = conn.s2c.bytes;
-    this.live[base + SLOT_PAUSED] = 0;
-    this.live[base + SLOT_HELD] = 0;
-    this.live[base + SLOT_HELD + 1] = 0;
-    conn.follow(this.live, base);
-    conn.offload = this;
-    const rec = new Attached(this, conn, slot, events, cfd, ufd);
-    this.attached.set(conn.id, rec);
-    for (const s of [client, upstream]) {
-      s[kAttached] = rec;
-      s.on('close', onSocketClose);
-      s.on('error', onSocketError);
-    }
-    this.post(OP_ATTACH, conn.id, cfd, ufd, slot, bufferLimitBytes);
-    return true;
-  }
-
-  /** Offload: the connection is ending here (timer, guard, drain); reset it once the worker lets go. */
+  /** Offload: the connection is ending here (timer, guard, drain); the worker resets both sockets. */
   release(conn: Connection): void {
-    const rec = this.attached.get(conn.id);
-    if (rec === undefined || rec.releasing) return;
-    rec.releasing = true;
-    this.post(OP_RELEASE, conn.id, rec.cfd, rec.ufd, 0, 0);
+    if (!this.conns.has(conn.id) || this.releasing.has(conn.id)) return;
+    this.releasing.add(conn.id);
+    this.post(OP_RELEASE, conn.id, []);
   }
 
-  /** Ends the worker. Connections still attached are reset. */
+  /** The guard's keepalive for half-closed connections changed: new first FINs and those already guarded get it. */
+  setHalfClosedKeepalive(k: KeepaliveSettings | null): void {
+    this.post(OP_KEEPALIVE, 0, triple(k) ?? [0, 0, 0]);
+  }
+
+  /** Stops accepting and closes the listening sockets; resolves once the worker has. */
+  unlisten(): Promise<void> {
+    if (this.unlistened === null) {
+      if (this.stopped) return Promise.resolve();
+      this.unlistened = new Promise<void>((resolve) => (this.onUnlistened = resolve));
+      this.post(OP_UNLISTEN, 0, []);
+    }
+    return this.unlistened;
+  }
+
+  /** Ends the worker; it resets the connections it still holds, which are finished here. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -203,7 +209,8 @@ export class SpliceRelay implements Offload {
     await this.exited; // resolved already if the worker died or never started
     this.worker.removeAllListeners();
     libcCalls().close(this.wakeFd);
-    this.resetAll();
+    this.onUnlistened?.();
+    this.finishAll('splice relay stopped');
   }
 
   private signalExit(): void {
@@ -211,11 +218,11 @@ export class SpliceRelay implements Offload {
     libcCalls().write(this.wakeFd, this.one, 8);
   }
 
-  private post(op: number, id: number, a: number, b: number, c: number, d: number): void {
-    this.ops.push(op, id, a, b, c, d);
+  private post(op: number, id: number, fields: number[]): void {
+    this.ops.push(op, id, fields.length, ...fields);
     if (this.flushing) return;
     this.flushing = true;
-    // Once per turn of the event loop: the connections connected in one poll phase go in one message.
+    // Once per turn of the event loop: the operations of one turn go in one message.
     setImmediate(() => {
       this.flushing = false;
       const ops = this.ops;
@@ -227,126 +234,163 @@ export class SpliceRelay implements Offload {
   }
 
   private onEvents(evs: number[]): void {
-    for (let i = 0; i + EV_FIELDS <= evs.length; i += EV_FIELDS) {
-      const rec = this.attached.get(evs[i + 1]!);
-      if (rec === undefined || rec.settled) continue;
-      const conn = rec.conn;
+    for (let i = 0; i + 3 <= evs.length; i += 3 + evs[i + 2]!) {
       const kind = evs[i]!;
-      const a = evs[i + 2]!;
-      const b = evs[i + 3]!;
+      const id = evs[i + 1]!;
+      const f = i + 3;
+      if (kind === EV_ACCEPTED) {
+        this.accepted(id, evs, f);
+        continue;
+      }
+      if (kind === EV_UNLISTENED) {
+        this.onUnlistened?.();
+        continue;
+      }
+      if (kind === EV_ACCEPT_ERROR) {
+        this.acceptError(evs[f]!, evs[f + 1]!);
+        continue;
+      }
+      const conn = this.conns.get(id);
+      if (conn === undefined) continue;
       switch (kind) {
+        case EV_CONNECTED:
+          conn.connectedAt = evs[f]!;
+          conn.upstreamFd = evs[f + 1]!;
+          conn.upstreamLocal = endpointAt(evs, f + 2);
+          this.host.connected(conn);
+          break;
+        case EV_REFUSED: {
+          const reason: CloseReason = REFUSE_REASONS[evs[f]!]!;
+          this.settle(conn, 0, 0, conn.startedAt);
+          conn.reason ??= reason;
+          if (!this.releasing.has(id)) conn.error ??= this.refusalDetail(conn, reason, evs[f + 1]!);
+          // No destination to go to: the error names the one that looped.
+          if (reason === 'loop-refused') conn.target = conn.originalDst = null;
+          conn.closedAt = evs[f + 2]!;
+          this.end(conn);
+          break;
+        }
         case EV_FIN: {
-          const name = a === 0 ? 'c2s' : 's2c';
+          const name = evs[f] === 0 ? 'c2s' : 's2c';
           const d = conn[name];
           if (d.state !== 'open') break;
           d.state = 'fin-received';
-          d.finReceivedAt = b;
-          if (conn.halfClosedAt === 0) conn.halfClosedAt = b;
-          if (!rec.releasing) rec.events.halfClosed(conn, name);
+          d.finReceivedAt = evs[f + 1]!;
+          if (conn.halfClosedAt === 0) conn.halfClosedAt = evs[f + 1]!;
+          if (!this.releasing.has(id)) this.host.halfClosed(conn, name);
           break;
         }
         case EV_FIN_FORWARDED: {
-          const d = a === 0 ? conn.c2s : conn.s2c;
+          const d = evs[f] === 0 ? conn.c2s : conn.s2c;
           if (d.state !== 'fin-received') break;
           d.state = 'fin-forwarded';
-          d.finForwardedAt = b;
+          d.finForwardedAt = evs[f + 1]!;
           break;
         }
         case EV_FAILED: {
-          this.settle(rec);
-          if (rec.releasing) break; // the reset below is what was asked for
-          const side: Side = a === 0 ? 'downstream' : 'upstream';
-          const code = errnoName(b);
-          if (conn.reason === null) conn.error = `${side}: ${code}${SUFFIX[evs[i + 4]!] ?? ''}`;
-          abortConnection(conn, reasonForError(side, Object.assign(new Error(code), { code }), conn));
+          this.settle(conn, evs[f + 3]!, evs[f + 4]!, evs[f + 5]!);
+          if (!this.releasing.has(id)) {
+            const side: Side = evs[f] === 0 ? 'downstream' : 'upstream';
+            const code = errnoName(evs[f + 1]!);
+            if (conn.reason === null) conn.error = `${side}: ${code}${SUFFIX[evs[f + 2]!] ?? ''}`;
+            // Both sockets are reset already (offload is off now): this only records the reason and states.
+            abortConnection(conn, reasonForError(side, Object.assign(new Error(code), { code }), conn));
+          }
+          conn.closedAt = Date.now();
+          this.end(conn);
           break;
         }
         case EV_DONE:
-          this.settle(rec);
-          if (rec.releasing) break;
-          // Both FINs are through: a plain close, as the copying relay's sockets end.
-          conn.client.destroy();
-          conn.upstream!.destroy();
+          this.settle(conn, evs[f]!, evs[f + 1]!, evs[f + 2]!);
+          conn.reason ??= 'both-fin';
+          conn.closedAt = Date.now();
+          this.end(conn);
           break;
         case EV_RELEASED:
-          this.settle(rec);
+          this.settle(conn, evs[f]!, evs[f + 1]!, evs[f + 2]!);
+          conn.closedAt = Date.now();
+          this.end(conn);
           break;
       }
     }
   }
 
-  /** The worker has let go: counters move back into the record, the slot is free. */
-  private settle(rec: Attached): void {
-    rec.settled = true;
-    const conn = rec.conn;
-    conn.unfollow();
-    conn.offload = null;
-    this.freeSlots.push(rec.slot);
-    if (rec.releasing) {
-      resetSocket(conn.client);
-      resetSocket(conn.upstream);
+  private accepted(id: number, evs: number[], f: number): void {
+    const l = this.listeners[evs[f]!]!.config;
+    const conn = new Connection(id, l, null, endpointAt(evs, f + 4)!, evs[f + 1]!);
+    conn.clientFd = evs[f + 3]!;
+    if (l.kind === 'route') conn.target = l.upstream;
+    else {
+      const dst = endpointAt(evs, f + 10);
+      conn.target = dst;
+      conn.originalDst = dst;
     }
+    conn.follow(this.live, evs[f + 2]! * SLOT_FIELDS);
+    conn.offload = this;
+    this.conns.set(id, conn);
+    this.host.accepted(conn);
+  }
+
+  /** The worker has closed both sockets and freed the slot: the last counters move into the record. */
+  private settle(conn: Connection, c2s: number, s2c: number, activityAt: number): void {
+    conn.unfollowWith(c2s, s2c, activityAt);
+    conn.offload = null;
+    conn.clientFd = -1;
+    conn.upstreamFd = -1;
+  }
+
+  private end(conn: Connection): void {
+    this.conns.delete(conn.id);
+    this.releasing.delete(conn.id);
+    this.host.finished(conn);
+  }
+
+  private refusalDetail(conn: Connection, reason: CloseReason, code: number): string {
+    const to = conn.target ? formatEndpoint(conn.target) : '?';
+    switch (reason) {
+      case 'no-original-dst':
+        return `getsockopt SO_ORIGINAL_DST failed: ${errnoName(code)} (was the connection redirected by iptables?)`;
+      case 'loop-refused':
+        return `original destination ${to} is this proxy's own listener`;
+      case 'connect-timeout':
+        if (code === 0) return `no answer from ${to} within ${this.opts.connectTimeoutMs}ms`;
+        return `${errnoName(code)} connecting to ${to}`;
+      default:
+        return `${errnoName(code)} connecting to ${to}`;
+    }
+  }
+
+  private acceptError(code: number, li: number): void {
+    const l = this.listeners[li]?.config;
+    if (l === undefined) return;
+    this.host.acceptFailed(l, code < 0 ? `too many connections (${MAX_SLOTS} relayed at once)` : errnoName(code));
   }
 
   private workerGone(err: Error): void {
     if (this.stopped) return;
     this.stopped = true;
     process.removeListener('exit', this.onExit);
-    this.logger.error({ err: err.message, connections: this.attached.size }, 'splice relay worker failed; resetting its connections, new ones are copied');
-    this.resetAll();
+    this.opts.logger.error({ err: err.message, connections: this.conns.size }, 'splice relay worker failed; its connections are reset and no new ones are accepted');
+    // The descriptors belong to the process, not the thread: close what the worker left open.
+    const sys = libcCalls();
+    for (const c of this.conns.values()) {
+      for (const fd of [c.clientFd, c.upstreamFd]) if (fd >= 0) sys.close(fd);
+    }
+    if (this.unlistened === null) for (const l of this.listeners) sys.close(l.fd);
+    this.onUnlistened?.();
+    this.finishAll(`splice relay worker failed: ${err.message}`);
   }
 
-  private resetAll(): void {
-    for (const rec of this.attached.values()) {
-      if (rec.settled) continue;
-      rec.releasing = true;
-      rec.conn.error ??= 'splice relay stopped';
-      this.settle(rec);
+  /** Finishes every connection still held (the worker is gone and has reset them). */
+  private finishAll(why: string): void {
+    for (const conn of [...this.conns.values()]) {
+      this.settle(conn, conn.c2s.bytes, conn.s2c.bytes, conn.lastActivityAt);
+      if (conn.reason === null) {
+        conn.error ??= why;
+        abortConnection(conn, conn.connectedAt ? 'downstream-error' : 'connect-error');
+      }
+      conn.closedAt = Date.now();
+      this.end(conn);
     }
   }
-
-  /** A socket of an attached connection closed; the connection is finished when both have. */
-  closed(rec: Attached): void {
-    if (++rec.closed < 2) return;
-    this.attached.delete(rec.conn.id);
-    const conn = rec.conn;
-    if (conn.reason === null) {
-      conn.reason = conn.c2s.state === 'fin-forwarded' && conn.s2c.state === 'fin-forwarded' ? 'both-fin' : 'downstream-error';
-    }
-    conn.closedAt = Date.now();
-    rec.events.finished(conn);
-  }
-}
-
-function onSocketClose(this: AttachedSocket): void {
-  const rec = this[kAttached];
-  if (rec === undefined) return;
-  this[kAttached] = undefined;
-  rec.relay.closed(rec);
-}
-
-function onSocketError(this: AttachedSocket, err: NodeJS.ErrnoException): void {
-  const conn = this[kAttached]?.conn;
-  if (conn && conn.reason === null) conn.error ??= `${this === conn.client ? 'downstream' : 'upstream'}: ${err.code ?? err.message}`;
-}
-
-/**
- * Node must not read a socket the worker relays: its read side is the worker's from now on, and
- * a byte read by libuv would be lost to the worker's stream. Reading is stopped, and restarting it
- * (a stream internal that calls read(0) later) is made a no-op for the rest of the socket's life:
- * once the worker lets go the socket is only reset or closed.
- */
-function stopReading(socket: net.Socket): void {
-  socket.pause();
-  const h = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number; readStart?: () => number } })._handle;
-  if (h === undefined) return;
-  if (h.reading) {
-    h.reading = false;
-    h.readStop?.();
-  }
-  h.readStart = noReadStart;
-}
-
-function noReadStart(): number {
-  return 0;
 }

@@ -8,6 +8,8 @@ import { resolveConfig, type FileConfig, type ProxyConfig } from '../../src/conf
 import { silentLogger } from '../../src/log.js';
 import { Proxy, type ProxyOptions } from '../../src/proxy/proxy.js';
 import type { AccessLog } from '../../src/proxy/accesslog.js';
+import type { Connection } from '../../src/proxy/registry.js';
+import { socketFd } from '../../src/kernel/sockopt.js';
 
 export interface LoggedConnection {
   id: number;
@@ -68,6 +70,12 @@ export async function startProxy(config: ProxyConfig, opts: Partial<ProxyOptions
     },
     close: () => proxy.close(),
   };
+}
+
+/** The descriptors of a live connection's two sockets, whoever holds them (Node's sockets, or the splice relay's worker). */
+export function socketFds(conn: Connection): [number, number] {
+  if (conn.client !== null) return [socketFd(conn.client), socketFd(conn.upstream!)];
+  return [conn.clientFd, conn.upstreamFd];
 }
 
 /** Open file descriptors of this process. */

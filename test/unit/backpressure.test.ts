@@ -47,7 +47,7 @@ test(`a slow reader behind 200 MB (${direction}, ${relay} relay) keeps the bytes
   const [fast, srv] = c2s ? [client, server! as net.Socket] : [server! as net.Socket, client];
   const dir = c2s ? conn.c2s : conn.s2c;
   const copied = (): number =>
-    c2s ? (conn.upstream?.writableLength ?? 0) + conn.client.readableLength : conn.client.writableLength + (conn.upstream?.readableLength ?? 0);
+    c2s ? (conn.upstream?.writableLength ?? 0) + (conn.client?.readableLength ?? 0) : (conn.client?.writableLength ?? 0) + (conn.upstream?.readableLength ?? 0);
   const held = (): number => dir.held ?? copied();
 
   // The client writes as fast as the proxy accepts, honouring its own backpressure.

@@ -1,0 +1,109 @@
+// struct sockaddr_in / sockaddr_in6 for the libc calls of the splice relay (bind, connect, accept4,
+// getsockname), and a six-number form of an address that crosses between threads in a message:
+// [family (4|6), port, w0, w1, w2, w3] — for IPv4 w0 is the address, for IPv6 w0..w3 its four
+// 32-bit words, most significant first.
+
+import net from 'node:net';
+import { AF_INET, AF_INET6 } from './libc.js';
+import type { Endpoint } from '../util/address.js';
+
+export const SOCKADDR_IN_SIZE = 16;
+export const SOCKADDR_IN6_SIZE = 28;
+/** Room for either. */
+export const SOCKADDR_MAX = 28;
+/** Numbers per address in a message. */
+export const ADDR_FIELDS = 6;
+
+function ipv6Bytes(host: string): Uint8Array {
+  const out = new Uint8Array(16);
+  let text = host;
+  // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two groups.
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (v4) {
+    const b = v4[1]!.split('.').map(Number);
+    text = text.slice(0, -v4[1]!.length) + `${((b[0]! << 8) | b[1]!).toString(16)}:${((b[2]! << 8) | b[3]!).toString(16)}`;
+  }
+  const [head, tail] = text.includes('::') ? text.split('::') : [text, null];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === null ? h : [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  groups.forEach((g, i) => {
+    const v = parseInt(g, 16);
+    out[i * 2] = v >> 8;
+    out[i * 2 + 1] = v & 0xff;
+  });
+  return out;
+}
+
+/** The sockaddr for a literal IPv4 or IPv6 address and a port. */
+export function sockaddrOf(e: { host: string; port: number }): Buffer {
+  if (net.isIPv4(e.host)) {
+    const b = Buffer.alloc(SOCKADDR_IN_SIZE);
+    b.writeUInt16LE(AF_INET, 0);
+    b.writeUInt16BE(e.port, 2);
+    e.host.split('.').forEach((p, i) => (b[4 + i] = Number(p)));
+    return b;
+  }
+  if (!net.isIPv6(e.host)) throw new Error(`not an IP address: ${e.host}`);
+  const b = Buffer.alloc(SOCKADDR_IN6_SIZE);
+  b.writeUInt16LE(AF_INET6, 0);
+  b.writeUInt16BE(e.port, 2);
+  b.set(ipv6Bytes(e.host), 8);
+  return b;
+}
+
+/** Appends the six-number form of the sockaddr at `buf` to `out`; family 0 when it is neither. */
+export function pushAddr(out: number[], buf: Buffer): void {
+  const family = buf.readUInt16LE(0);
+  const port = buf.readUInt16BE(2);
+  if (family === AF_INET) out.push(4, port, buf.readUInt32BE(4), 0, 0, 0);
+  else if (family === AF_INET6) out.push(6, port, buf.readUInt32BE(8), buf.readUInt32BE(12), buf.readUInt32BE(16), buf.readUInt32BE(20));
+  else out.push(0, 0, 0, 0, 0, 0);
+}
+
+/** `::ffff:a.b.c.d` in the six-number form. */
+export function isMappedV4(a: ArrayLike<number>, i: number): boolean {
+  return a[i] === 6 && a[i + 2] === 0 && a[i + 3] === 0 && a[i + 4] === 0xffff;
+}
+
+/**
+ * The endpoint of the six-number form at `a[i]`. IPv4-mapped IPv6 addresses come out as plain IPv4
+ * with family 6 (what Node reports for a dual-stack listener's IPv4 client, unmapped); null for
+ * family 0.
+ */
+export function endpointAt(a: ArrayLike<number>, i: number): Endpoint | null {
+  const family = a[i];
+  const port = a[i + 1]!;
+  if (family === 4) return { host: v4Text(a[i + 2]!), port, family: 4 };
+  if (family !== 6) return null;
+  if (isMappedV4(a, i)) return { host: v4Text(a[i + 5]!), port, family: 6 };
+  const groups: number[] = [];
+  for (let w = 2; w < 6; w++) groups.push(a[i + w]! >>> 16, a[i + w]! & 0xffff);
+  return { host: v6Text(groups), port, family: 6 };
+}
+
+function v4Text(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
+}
+
+/** RFC 5952: the longest run of two or more zero groups becomes `::`. */
+function v6Text(g: number[]): string {
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (g[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = g.map((x) => x.toString(16));
+  if (best < 0) return hex.join(':');
+  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+}
