@@ -63,7 +63,8 @@ export class Proxy {
   /** One for every connection (the relay passes the connection), not two closures per connection. */
   private readonly relayEvents: RelayEvents = {
     halfClosed: (c, dir) => {
-      this.timers.arm(c);
+      // Only the half-close timeout starts at a FIN; without it the deadlines armed at accept stand.
+      if (this.config.halfCloseTimeoutMs > 0) this.timers.arm(c);
       for (const o of this.observers) o.halfClosed?.(c, dir);
     },
     finished: (c) => this.finish(c),

@@ -92,8 +92,19 @@ export class Direction {
   }
 }
 
+// A connection's timestamps often share a millisecond with each other and with the previous
+// connection's: the last few conversions are kept (the access log writes six per connection).
+const isoCache = new Map<number, string>();
+
 function iso(ms: number): string | null {
-  return ms ? new Date(ms).toISOString() : null;
+  if (!ms) return null;
+  let s = isoCache.get(ms);
+  if (s === undefined) {
+    if (isoCache.size >= 8) isoCache.delete(isoCache.keys().next().value!);
+    s = new Date(ms).toISOString();
+    isoCache.set(ms, s);
+  }
+  return s;
 }
 
 /** Something other than the copying relay moving a connection's bytes (the splice relay's worker, which owns its sockets). */

@@ -160,9 +160,8 @@ export class SpliceRelay implements Offload {
       this.worker.once('error', reject);
       this.worker.once('exit', (code) => reject(new Error(`splice relay worker exited with code ${code}`)));
     }).then(() => {
-      // Referenced while starting (the wait must keep the process alive), not afterwards: the
-      // proxy's listeners (the admin server, a signal handler) keep a process running, not the relay's thread.
-      this.worker.unref();
+      // The worker stays referenced until stop(), as a listening net.Server or an open socket keeps
+      // a process running: while draining, its answers are what the event loop waits for.
       this.worker.on('message', (evs: number[]) => this.onEvents(evs));
       this.worker.on('error', (err) => this.workerGone(err));
       this.worker.on('exit', (code) => {
