@@ -174,7 +174,7 @@ export class ConntrackGuard implements ProxyObserver {
     if ((before ? fmtKeepalive(before) : 'off') !== (after ? fmtKeepalive(after) : 'off')) for (const l of this.halfClosedListeners) l(after);
     if (after && (!before || fmtKeepalive(before) !== fmtKeepalive(after))) {
       // Connections already half-closed would keep probing at the old pace and could lose their entries.
-      for (const conn of this.guarded) this.applyKeepalive(conn, after);
+      for (const conn of this.guarded) if (conn.client !== null) this.applyKeepalive(conn, after);
       this.restartSweep();
     }
   }
@@ -198,8 +198,12 @@ export class ConntrackGuard implements ProxyObserver {
     const k = this.plan.halfClosed;
     // A second FIN (the other direction) finds the connection already guarded.
     if (k === null || this.guarded.has(conn) || conn.reason !== null) return;
-    this.applyKeepalive(conn, k);
     this.guarded.add(conn);
+    // The splice relay's worker owns its connections' sockets: it sets this keepalive itself
+    // (onHalfClosedChange tells it the values) and reports it, which sets conn.keepalive. It also
+    // sees an RST on a socket past EOF at once, so only Node's sockets need the sweep.
+    if (conn.client === null) return;
+    this.applyKeepalive(conn, k);
     if (this.sweepTimer === null) this.startSweep();
   }
 

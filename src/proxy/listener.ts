@@ -5,7 +5,7 @@ import net from 'node:net';
 import { HalfcloseError } from '../errors.js';
 import { AF_INET, AF_INET6, errno, libcCalls, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../kernel/libc.js';
 import { endpointAt, pushAddr, sockaddrOf, SOCKADDR_MAX } from '../kernel/sockaddr.js';
-import { errnoName, SOL_IPV6, SOL_SOCKET } from '../kernel/sockopt.js';
+import { errnoName, IPPROTO_TCP, SOL_IPV6, SOL_SOCKET, TCP_NODELAY } from '../kernel/sockopt.js';
 import { formatEndpoint, type Endpoint } from '../util/address.js';
 import type { ListenerConfig } from '../config/schema.js';
 
@@ -48,8 +48,9 @@ export function bindListener(config: ListenerConfig, onSocket: (socket: net.Sock
 
 /**
  * Binds a non-blocking listening socket with libc calls, for the splice relay's worker to accept
- * on: the options libuv sets (SO_REUSEADDR; an IPv6 wildcard takes IPv4 clients too), the same
- * backlog and the same errors as bindListener. The caller owns the descriptor.
+ * on: the options libuv sets (SO_REUSEADDR; an IPv6 wildcard takes IPv4 clients too) and
+ * TCP_NODELAY for the sockets it accepts, the same backlog and the same errors as bindListener.
+ * The caller owns the descriptor.
  */
 export function bindRawListener(config: ListenerConfig): { fd: number; address: Endpoint } {
   const sys = libcCalls();
@@ -65,6 +66,9 @@ export function bindRawListener(config: ListenerConfig): { fd: number; address: 
   };
   one.writeInt32LE(1);
   if (sys.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4) !== 0) fail();
+  // Accepted sockets inherit TCP_NODELAY from the listener (the kernel clones it): one call here
+  // instead of one per connection.
+  if (sys.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, one, 4) !== 0) fail();
   if (v6) {
     one.writeInt32LE(0);
     if (sys.setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, one, 4) !== 0) fail();

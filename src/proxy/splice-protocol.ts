@@ -35,6 +35,8 @@ export const EV_FAILED = 6;
 export const EV_DONE = 7;
 /** Answer to OP_RELEASE: both sockets reset and closed. Fields: FINAL_FIELDS. */
 export const EV_RELEASED = 8;
+/** The guard's keepalive is now on both sockets. Fields: [idleSec, intervalSec, count]. */
+export const EV_GUARDED = 11;
 /** Answer to OP_UNLISTEN. id 0, no fields. */
 export const EV_UNLISTENED = 9;
 /** accept4 failed with something other than EAGAIN (EMFILE: accepting pauses briefly). Fields: [errno, listener index]. id 0. */
@@ -42,9 +44,10 @@ export const EV_ACCEPT_ERROR = 10;
 
 /**
  * The last counters of a connection whose slot the worker is giving up (it may hand the slot to
- * the next connection at once): [bytes c2s, bytes s2c, last activity epoch ms].
+ * the next connection at once), and when it closed: [bytes c2s, bytes s2c, last activity epoch
+ * ms, closed epoch ms].
  */
-export const FINAL_FIELDS = 3;
+export const FINAL_FIELDS = 4;
 
 /** Close reasons the worker can give a connection it refuses, by index. */
 export const REFUSE_REASONS = ['connect-refused', 'connect-timeout', 'connect-unreachable', 'connect-error', 'no-original-dst', 'loop-refused'] as const;

@@ -28,6 +28,7 @@ import {
   EV_FAILED,
   EV_FIN,
   EV_FIN_FORWARDED,
+  EV_GUARDED,
   EV_REFUSED,
   EV_RELEASED,
   EV_UNLISTENED,
@@ -286,6 +287,10 @@ export class SpliceRelay implements Offload {
           d.finForwardedAt = evs[f + 1]!;
           break;
         }
+        case EV_GUARDED:
+          conn.keepalive = `${evs[f]}:${evs[f + 1]}:${evs[f + 2]}`;
+          conn.keepaliveIdleMs = evs[f]! * 1000;
+          break;
         case EV_FAILED: {
           this.settle(conn, evs[f + 3]!, evs[f + 4]!, evs[f + 5]!);
           if (!this.releasing.has(id)) {
@@ -295,19 +300,19 @@ export class SpliceRelay implements Offload {
             // Both sockets are reset already (offload is off now): this only records the reason and states.
             abortConnection(conn, reasonForError(side, Object.assign(new Error(code), { code }), conn));
           }
-          conn.closedAt = Date.now();
+          conn.closedAt = evs[f + 6]!;
           this.end(conn);
           break;
         }
         case EV_DONE:
           this.settle(conn, evs[f]!, evs[f + 1]!, evs[f + 2]!);
           conn.reason ??= 'both-fin';
-          conn.closedAt = Date.now();
+          conn.closedAt = evs[f + 3]!;
           this.end(conn);
           break;
         case EV_RELEASED:
           this.settle(conn, evs[f]!, evs[f + 1]!, evs[f + 2]!);
-          conn.closedAt = Date.now();
+          conn.closedAt = evs[f + 3]!;
           this.end(conn);
           break;
       }

@@ -132,6 +132,8 @@ test('metrics and /connections follow a connection: open, half-closed by the ser
     assert.equal(await st.metric('halfclose_guard_keepalive_probes', { phase: 'half-closed' }), 3);
     assert.equal(await st.metric('halfclose_guard_keepalive_idle_seconds', { phase: 'established' }), undefined, 'established keepalive is off: no series');
 
+    // The splice relay's worker turns it on 100 ms after the first FIN and reports it.
+    await waitFor(async () => (await getJSON(`${st.url}connections?state=half-closed`)).body.connections?.[0]?.keepalive !== null, 2000, 'keepalive reported');
     const hc = await getJSON(`${st.url}connections?state=half-closed`);
     assert.equal(hc.status, 200);
     assert.equal(hc.body.count, 1);

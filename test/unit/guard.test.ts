@@ -141,6 +141,8 @@ test('server FIN first: keepalive goes on BOTH sockets, with the values read bac
   const seen = observe(c);
   await waitFor(() => px.proxy.registry.size === 1 && onlyConn(px).s2c.state === 'fin-forwarded', 2000, 'server FIN forwarded');
   const conn = onlyConn(px);
+  // The splice relay's worker sets it 100 ms after the first FIN, and says so.
+  await waitFor(() => conn.keepalive !== null, 2000, 'keepalive on');
   assert.equal(conn.keepalive, '2:2:3');
   for (const fd of socketFds(conn)) {
     assert.deepEqual(getKeepalive(fd), { enabled: true, idleSec: 2, intervalSec: 2, count: 3 });
@@ -168,6 +170,9 @@ test('client FIN first is guarded too; --keepalive off leaves both sockets witho
     c.end();
     await waitFor(() => px.proxy.registry.size === 1 && onlyConn(px).c2s.state === 'fin-forwarded', 2000, 'client FIN forwarded');
     const conn = onlyConn(px);
+    // Keepalive follows the first FIN by 100 ms (splice relay): long enough to see it, or its absence.
+    if (expected) await waitFor(() => conn.keepalive !== null, 2000, 'keepalive on');
+    else await sleep(300);
     for (const fd of socketFds(conn)) assert.equal(getKeepalive(fd).enabled, expected, `keepalive ${mode}`);
     assert.equal(conn.keepalive, expected ? '3:3:3' : null);
   }
@@ -208,7 +213,7 @@ test('a changed CLOSE_WAIT timeout is picked up and applied to connections alrea
   px.proxy.guard.recheck();
   assert.deepEqual(px.proxy.guard.status().halfClosed, { idleSec: 1, intervalSec: 1, count: 3 });
   const conn = onlyConn(px);
-  assert.equal(conn.keepalive, '1:1:3');
+  await waitFor(() => conn.keepalive === '1:1:3', 2000, 'the new keepalive reported');
   // The splice relay's worker applies it on its own turn: wait for the kernel to hold it.
   await waitFor(() => getKeepalive(socketFds(conn)[1]).idleSec === 1, 2000, 'new keepalive applied');
   assert.deepEqual(getKeepalive(socketFds(conn)[1]), { enabled: true, idleSec: 1, intervalSec: 1, count: 3 });

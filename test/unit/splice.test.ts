@@ -11,7 +11,8 @@ import net from 'node:net';
 import { resolveConfig } from '../../src/config/schema.js';
 import type { Logger } from '../../src/log.js';
 import { SpliceRelay, type SpliceHost, type SpliceOptions } from '../../src/proxy/splice.js';
-import { connect, fdCount, observe, sleep, startProxy, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
+import { getIntOption, IPPROTO_TCP, TCP_NODELAY } from '../../src/kernel/sockopt.js';
+import { connect, fdCount, observe, sleep, socketFds, startProxy, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
 
 /** This process's open pipe descriptors. */
 function pipeFds(): number {
@@ -88,7 +89,7 @@ function onlyOffloaded(px: Awaited<ReturnType<typeof startRouteProxy>>): boolean
   return all.length === 1 && all[0]!.offload !== null;
 }
 
-test('the worker accepts IPv6 clients and reports both sides\' addresses as the sockets see them', async (t) => {
+test('the worker accepts IPv6 clients, turns Nagle off on both sockets and reports both sides\' addresses as the sockets see them', async (t) => {
   let seenByUpstream: { host: string; port: number } | null = null;
   const up = await startServer((s) => {
     seenByUpstream = { host: s.remoteAddress!, port: s.remotePort! };
@@ -105,12 +106,15 @@ test('the worker accepts IPv6 clients and reports both sides\' addresses as the 
   const c = net.connect({ host: '::1', port: px.port });
   await new Promise((r) => c.once('connect', r));
   const local = { host: c.localAddress!, port: c.localPort! };
+  await waitFor(() => px.proxy.registry.size === 1 && [...px.proxy.registry.all()][0]!.connectedAt !== 0, 2000, 'connected');
+  const nodelay = socketFds([...px.proxy.registry.all()][0]!).map((fd) => getIntOption(fd, IPPROTO_TCP, TCP_NODELAY, 'TCP_NODELAY'));
   let got = '';
   c.on('data', (d) => (got += d));
   await new Promise((r) => c.once('end', r));
   c.end();
   const [entry] = await px.closed(1);
   assert.equal(got, 'hi');
+  assert.deepEqual(nodelay, [1, 1], 'Nagle is off on both sockets (the client one inherits it from the listener)');
   assert.equal(entry!.reason, 'both-fin');
   assert.deepEqual(entry!.client, { host: '::1', port: local.port, family: 6 });
   assert.ok(seenByUpstream);
