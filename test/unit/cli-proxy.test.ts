@@ -47,8 +47,12 @@ function file(name: string, text: string): string {
  * Starts the built `halfclose proxy --admin off ARGS`, killed when the test ends, and waits for its
  * "listening" line on stderr (the operational log), where a listen port of 0 is resolved.
  */
-async function startCli(t: TestContext, args: string[]): Promise<{ child: ChildProcess; port: number; stdout(): string; stderr(): string; exited: Promise<unknown[]> }> {
-  const child = spawn(process.execPath, [BIN, 'proxy', '--admin', 'off', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startCli(t: TestContext, args: string[], opts: { nofile?: number } = {}): Promise<{ child: ChildProcess; port: number; stdout(): string; stderr(): string; exited: Promise<unknown[]> }> {
+  const argv = [BIN, 'proxy', '--admin', 'off', ...args];
+  // `nofile`: the process's descriptor limit, as a container's would be.
+  const child = opts.nofile
+    ? spawn('bash', ['-c', `ulimit -n ${opts.nofile} && exec "$0" "$@"`, process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   t.after(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });
@@ -203,4 +207,68 @@ test('--access-log FILE writes the lines to the file (directories created), not 
   assert.equal(lines.length, 1);
   assert.equal(lines[0].reason, 'both-fin');
   assert.equal(lines[0].serverToClient.bytes, 3);
+});
+
+/** An echo server on 127.0.0.1:0. */
+async function echoServer(t: TestContext): Promise<number> {
+  const upstream = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  t.after(() => upstream.close());
+  return (upstream.address() as net.AddressInfo).port;
+}
+
+/** One client through the proxy: 'echo' when its byte comes back, or the error that ended it. */
+function echoOnce(port: number): { socket: net.Socket; result: Promise<string> } {
+  const socket = net.connect({ port, host: '127.0.0.1' });
+  const result = new Promise<string>((resolve) => {
+    socket.once('data', () => resolve('echo'));
+    socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    socket.once('end', () => resolve('eof'));
+  });
+  socket.write('x');
+  return { socket, result };
+}
+
+test('a host-name route upstream: the log says every connection is copied, and it is relayed', async (t) => {
+  const upPort = await echoServer(t);
+  const px = await startCli(t, ['--route', `127.0.0.1:0=localhost:${upPort}`]);
+  assert.match(px.stderr(), /splice relay off: a listen address or route upstream is a host name/);
+  const c = echoOnce(px.port);
+  assert.equal(await c.result, 'echo');
+  c.socket.destroy();
+});
+
+test('out of descriptors: accepting pauses and resumes, the proxy keeps serving and says why', { timeout: 30_000 }, async (t) => {
+  const upPort = await echoServer(t);
+  // About 30 descriptors are left for connections once Node and the worker are up: 40 clients
+  // cannot all be served at once.
+  const px = await startCli(t, ['--route', `127.0.0.1:0=127.0.0.1:${upPort}`], { nofile: 64 });
+  const first = Array.from({ length: 40 }, () => echoOnce(px.port));
+  const settled = new Map<number, string>();
+  first.forEach((c, i) => void c.result.then((r) => settled.set(i, r)));
+  const deadline = Date.now() + 10_000;
+  while (!/cannot accept on listener "route-0": EMFILE; accepting pauses for 100ms/.test(px.stderr())) {
+    assert.ok(Date.now() < deadline, `no EMFILE warning: ${px.stderr()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  const served = [...settled].filter(([, r]) => r === 'echo').map(([i]) => i);
+  assert.ok(served.length > 0 && served.length < 40, `${served.length} of 40 served while descriptors ran out`);
+  // Those served go away; the clients still waiting are accepted and served as descriptors free up.
+  for (const i of served) first[i]!.socket.destroy();
+  while (settled.size < 40) {
+    assert.ok(Date.now() < deadline, `${40 - settled.size} clients never answered`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  // A client whose upstream socket could not be opened is reset (never a clean EOF); the rest are echoed.
+  assert.deepEqual(new Set([...settled.values()].filter((r) => r !== 'echo' && r !== 'ECONNRESET')), new Set());
+  for (const c of first) c.socket.destroy();
+  const after = echoOnce(px.port);
+  assert.equal(await after.result, 'echo', 'served again once descriptors are free');
+  after.socket.destroy();
+  assert.equal(px.child.exitCode, null, 'still running');
 });
