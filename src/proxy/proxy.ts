@@ -200,7 +200,7 @@ export class Proxy {
       const now = Date.now();
       if (now - this.lastAcceptWarningAt < 1000) return;
       this.lastAcceptWarningAt = now;
-      this.logger.warn({ listener: l.name, address: formatEndpoint(l.listen), code }, `cannot accept on listener "${l.name}": ${code}; accepting pauses for 100ms`);
+      this.logger.warn({ listener: l.name, address: formatEndpoint(l.listen), code }, `cannot accept on listener "${l.name}": ${code}; accepting pauses for 100ms (raise the descriptor limit, ulimit -n, if this repeats)`);
     },
   };
 

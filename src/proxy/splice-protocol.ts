@@ -39,7 +39,11 @@ export const EV_RELEASED = 8;
 export const EV_GUARDED = 11;
 /** Answer to OP_UNLISTEN. id 0, no fields. */
 export const EV_UNLISTENED = 9;
-/** accept4 failed with something other than EAGAIN (EMFILE: accepting pauses briefly). Fields: [errno, listener index]. id 0. */
+/**
+ * Accepting failed, or a client was reset for want of a descriptor for its upstream (EMFILE,
+ * ENFILE: accepting pauses briefly). Fields: [errno (-1: every slot taken), listener index,
+ * 0 accept | 1 upstream socket]. id 0.
+ */
 export const EV_ACCEPT_ERROR = 10;
 
 /**

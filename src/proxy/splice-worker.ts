@@ -355,13 +355,13 @@ function connectReason(code: number): number {
 
 function acceptFrom(li: number, lfd: number, max = 64): void {
   // Bounded per turn, so one busy listener cannot starve the connections already relaying.
-  for (let n = 0; n < max; n++) {
+  for (let n = 0; n < max && acceptPausedUntil === 0; n++) {
     addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
     const fd = sys.accept4(lfd, addrBuf, addrLen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       const e = errno();
       if (e === EAGAIN || e === EINTR) return;
-      out.push(EV_ACCEPT_ERROR, 0, 2, e, li);
+      out.push(EV_ACCEPT_ERROR, 0, 3, e, li, 0);
       // Out of descriptors: the listener would wake us at once, forever. Leave the backlog alone for a moment.
       if (e === EMFILE || e === ENFILE) pauseAccepting();
       return;
@@ -384,7 +384,7 @@ function accepted(li: number, cfd: number): void {
   const slot = takeSlot();
   if (slot < 0) {
     reset(cfd);
-    out.push(EV_ACCEPT_ERROR, 0, 2, -1, li);
+    out.push(EV_ACCEPT_ERROR, 0, 3, -1, li, 0);
     return;
   }
   const now = Date.now();
@@ -443,7 +443,13 @@ function startConnect(c: Conn, target: Buffer): void {
   const family = target.readUInt16LE(0);
   const ufd = sys.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (ufd < 0) {
-    refuse(c, REFUSE['connect-error'], errno());
+    const e = errno();
+    refuse(c, REFUSE['connect-error'], e);
+    if (e === EMFILE || e === ENFILE) {
+      // Accepting more would only reset them one by one: the backlog waits until descriptors free up.
+      out.push(EV_ACCEPT_ERROR, 0, 3, e, c.listener, 1);
+      pauseAccepting();
+    }
     return;
   }
   c.ufd = ufd;

@@ -247,7 +247,7 @@ export class SpliceRelay implements Offload {
         continue;
       }
       if (kind === EV_ACCEPT_ERROR) {
-        this.acceptError(evs[f]!, evs[f + 1]!);
+        this.acceptError(evs[f]!, evs[f + 1]!, evs[f + 2] === 1);
         continue;
       }
       const conn = this.conns.get(id);
@@ -364,10 +364,11 @@ export class SpliceRelay implements Offload {
     }
   }
 
-  private acceptError(code: number, li: number): void {
+  private acceptError(code: number, li: number, upstream: boolean): void {
     const l = this.listeners[li]?.config;
     if (l === undefined) return;
-    this.host.acceptFailed(l, code < 0 ? `too many connections (${MAX_SLOTS} relayed at once)` : errnoName(code));
+    const what = code < 0 ? `too many connections (${MAX_SLOTS} relayed at once)` : errnoName(code);
+    this.host.acceptFailed(l, upstream ? `no descriptor for an upstream socket (${what}), the client was reset` : what);
   }
 
   private workerGone(err: Error): void {
