@@ -37,6 +37,15 @@ export interface Stats {
   guard: GuardStatus | null;
 }
 
+interface ListenerSeries {
+  accepted: { inc(): void };
+  connect: { observe(v: number): void };
+  halfClose: { observe(v: number): void };
+  closed: Map<string, { inc(): void }>;
+  /** The same object as closedBytes' entry for the listener. */
+  bytes: { c2s: number; s2c: number };
+}
+
 export class ProxyMetrics implements ProxyObserver {
   readonly registry = new Registry();
   private readonly proxy: Proxy;
@@ -220,22 +229,46 @@ export class ProxyMetrics implements ProxyObserver {
 
   // ProxyObserver: each method is O(1) and runs once per connection or per FIN, never per chunk.
 
+  // The series each connection touches, looked up once per listener (and reason).
+  private readonly children = new Map<string, ListenerSeries>();
+
+  private series(listener: string): ListenerSeries {
+    let c = this.children.get(listener);
+    if (c === undefined) {
+      c = {
+        accepted: this.acceptedTotal.labels({ listener }),
+        connect: this.connectSeconds.labels({ listener }),
+        halfClose: this.halfCloseSeconds.labels({ listener }),
+        closed: new Map(),
+        bytes: this.closedBytes.get(listener) ?? { c2s: 0, s2c: 0 },
+      };
+      this.closedBytes.set(listener, c.bytes);
+      this.children.set(listener, c);
+    }
+    return c;
+  }
+
   accepted(conn: Connection): void {
-    this.acceptedTotal.inc({ listener: conn.listener.name });
+    this.series(conn.listener.name).accepted.inc();
   }
 
   connected(conn: Connection): void {
-    this.connectSeconds.observe({ listener: conn.listener.name }, Math.max(0, conn.connectedAt - conn.startedAt) / 1000);
+    this.series(conn.listener.name).connect.observe(Math.max(0, conn.connectedAt - conn.startedAt) / 1000);
   }
 
   closed(conn: Connection): void {
     const listener = conn.listener.name;
-    this.closedTotal.inc({ listener, reason: conn.reason ?? 'downstream-error' });
-    const b = this.closedBytes.get(listener) ?? { c2s: 0, s2c: 0 };
-    b.c2s += conn.c2s.bytes;
-    b.s2c += conn.s2c.bytes;
-    this.closedBytes.set(listener, b);
-    if (conn.halfClosedAt) this.halfCloseSeconds.observe({ listener }, Math.max(0, conn.closedAt - conn.halfClosedAt) / 1000);
+    const s = this.series(listener);
+    const reason = conn.reason ?? 'downstream-error';
+    let closed = s.closed.get(reason);
+    if (closed === undefined) {
+      closed = this.closedTotal.labels({ listener, reason });
+      s.closed.set(reason, closed);
+    }
+    closed.inc();
+    s.bytes.c2s += conn.c2s.bytes;
+    s.bytes.s2c += conn.s2c.bytes;
+    if (conn.halfClosedAt) s.halfClose.observe(Math.max(0, conn.closedAt - conn.halfClosedAt) / 1000);
   }
 
   /** The Prometheus text exposition. */

@@ -164,3 +164,26 @@ test('max duration ends a busy connection at its age, with max-duration; each co
   assert.ok(Date.parse(e2.closedAt as string) - Date.parse(e2.startedAt as string) >= 1500);
   assert.ok((e2.clientToServer as { bytes: number }).bytes > 0, 'the connection was busy until the end');
 });
+
+test('a deadline further away than the far-deadline sweep still fires on time, and only once', async () => {
+  const { ConnectionTimers } = await import('../../src/proxy/timers.js');
+  const fired: { id: number; reason: string; after: number }[] = [];
+  const start = Date.now();
+  const timers = new ConnectionTimers({ idleTimeoutMs: 3200, halfCloseTimeoutMs: 0, maxDurationMs: 0 }, (conn, reason) => {
+    fired.push({ id: conn.id, reason, after: Date.now() - start });
+  });
+  // Plain records: the timers read only these fields.
+  const conn = (id: number, lastActivityAt: number) => ({ id, lastActivityAt, halfClosedAt: 0, startedAt: start, closedAt: 0, reason: null }) as unknown as LoggedConnection & Parameters<typeof timers.arm>[0];
+  const quiet = conn(1, start);
+  const busy = conn(2, start);
+  const ended = conn(3, start);
+  for (const c of [quiet, busy, ended]) timers.arm(c);
+  timers.disarm(ended);
+  // The busy one keeps stamping activity: its deadline moves and it never fires.
+  const stamp = setInterval(() => ((busy as { lastActivityAt: number }).lastActivityAt = Date.now()), 200);
+  await sleep(4500);
+  clearInterval(stamp);
+  timers.disarm(busy);
+  assert.deepEqual(fired.map((f) => [f.id, f.reason]), [[1, 'idle-timeout']]);
+  assert.ok(fired[0]!.after >= 3200 && fired[0]!.after < 4200, `fired after ${fired[0]!.after} ms, deadline 3200 ms`);
+});
