@@ -6,6 +6,7 @@
 import net from 'node:net';
 import { AF_INET, AF_INET6 } from './libc.js';
 import type { Endpoint } from '../util/address.js';
+import { formatIPv6, ipv6Bytes } from './inet.js';
 
 export const SOCKADDR_IN_SIZE = 16;
 export const SOCKADDR_IN6_SIZE = 28;
@@ -13,27 +14,6 @@ export const SOCKADDR_IN6_SIZE = 28;
 export const SOCKADDR_MAX = 28;
 /** Numbers per address in a message. */
 export const ADDR_FIELDS = 6;
-
-function ipv6Bytes(host: string): Uint8Array {
-  const out = new Uint8Array(16);
-  let text = host;
-  // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two groups.
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const b = v4[1]!.split('.').map(Number);
-    text = text.slice(0, -v4[1]!.length) + `${((b[0]! << 8) | b[1]!).toString(16)}:${((b[2]! << 8) | b[3]!).toString(16)}`;
-  }
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, null];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === null ? h : [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  groups.forEach((g, i) => {
-    const v = parseInt(g, 16);
-    out[i * 2] = v >> 8;
-    out[i * 2 + 1] = v & 0xff;
-  });
-  return out;
-}
 
 /** The sockaddr for a literal IPv4 or IPv6 address and a port. */
 export function sockaddrOf(e: { host: string; port: number }): Buffer {
@@ -77,33 +57,11 @@ export function endpointAt(a: ArrayLike<number>, i: number): Endpoint | null {
   if (family === 4) return { host: v4Text(a[i + 2]!), port, family: 4 };
   if (family !== 6) return null;
   if (isMappedV4(a, i)) return { host: v4Text(a[i + 5]!), port, family: 6 };
-  const groups: number[] = [];
-  for (let w = 2; w < 6; w++) groups.push(a[i + w]! >>> 16, a[i + w]! & 0xffff);
-  return { host: v6Text(groups), port, family: 6 };
+  const bytes: number[] = [];
+  for (let w = 2; w < 6; w++) bytes.push(a[i + w]! >>> 24, (a[i + w]! >>> 16) & 0xff, (a[i + w]! >>> 8) & 0xff, a[i + w]! & 0xff);
+  return { host: formatIPv6(bytes), port, family: 6 };
 }
 
 function v4Text(n: number): string {
   return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
-}
-
-/** RFC 5952: the longest run of two or more zero groups becomes `::`. */
-function v6Text(g: number[]): string {
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = g.map((x) => x.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
 }

@@ -3,6 +3,7 @@
 
 import net from 'node:net';
 import { UsageError } from '../errors.js';
+import { formatIPv6, ipv6Bytes } from '../kernel/inet.js';
 
 export type Family = 4 | 6;
 
@@ -129,52 +130,6 @@ function v4ToBytes(addr: string): number[] {
   return addr.split('.').map(Number);
 }
 
-function v6ToBytes(addr: string): number[] {
-  // Expand `::` and an embedded dotted quad into 16 bytes.
-  let a = addr;
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(a);
-  if (dotted) {
-    const b = v4ToBytes(dotted[1]!);
-    a = a.slice(0, -dotted[1]!.length) + `${((b[0]! << 8) | b[1]!).toString(16)}:${((b[2]! << 8) | b[3]!).toString(16)}`;
-  }
-  const [head, tail] = a.includes('::') ? a.split('::') : [a, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  return groups.flatMap((g) => {
-    const n = parseInt(g, 16);
-    return [n >> 8, n & 0xff];
-  });
-}
-
-/** RFC 5952 text (lowercase, longest run of two or more zero groups compressed), as glibc's inet_ntop prints it. */
-function formatV6(bytes: number[]): string {
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((bytes[i]! << 8) | bytes[i + 1]!);
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  // glibc prints IPv4-compatible (::a.b.c.d) and IPv4-mapped (::ffff:a.b.c.d) addresses dotted.
-  if (bestStart === 0 && (bestLen === 6 || (bestLen === 5 && groups[5] === 0xffff))) {
-    return `::${bestLen === 5 ? 'ffff:' : ''}${bytes.slice(12).join('.')}`;
-  }
-  if (bestLen < 2) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
-}
-
 /** `10.1.2.3/8` -> `10.0.0.0/8`; a bare address is a /32 or /128. `flag` names the option in errors. */
 export function parseCidr(text: string, flag: string): Cidr {
   const m = /^([^/]+)(?:\/(\d{1,3}))?$/.exec(text.trim());
@@ -185,12 +140,12 @@ export function parseCidr(text: string, flag: string): Cidr {
   const prefix = m[2] === undefined ? max : Number(m[2]);
   if (prefix > max) throw new UsageError(`${flag}: prefix /${prefix} of "${text}" is out of range 0-${max}`);
   if (prefix === 0) throw new UsageError(`${flag}: "${text}" matches every address; use * for all (--include-outbound-cidrs) or leave the exclusion out`);
-  const bytes = family === 4 ? v4ToBytes(addr) : v6ToBytes(addr);
+  const bytes = family === 4 ? v4ToBytes(addr) : ipv6Bytes(addr);
   for (let i = 0; i < bytes.length; i++) {
     const keep = Math.max(0, Math.min(8, prefix - i * 8));
     bytes[i]! &= (0xff << (8 - keep)) & 0xff;
   }
-  const host = family === 4 ? bytes.join('.') : formatV6(bytes);
+  const host = family === 4 ? bytes.join('.') : formatIPv6(bytes);
   return { family, text: `${host}/${prefix}` };
 }
 
