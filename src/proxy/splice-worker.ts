@@ -170,18 +170,28 @@ const lingerReset = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 /** Records for the main thread, sent once per loop turn. */
 let out: number[] = [];
 
-function ctl(op: number, fd: number, flags: number): number {
+/**
+ * The epoll data of a registration: the descriptor, and a tag (0 for listeners and the wake-up
+ * eventfd, the connection's tag for its sockets). A descriptor closed while handling one event can
+ * be handed out again to a new connection before a later event of the same batch, still about the
+ * old socket, is handled: the tag tells them apart (a stale EPOLLOUT would otherwise pass a socket
+ * that is still connecting off as connected).
+ */
+function ctl(op: number, fd: number, flags: number, tag = 0): number {
   eventBuf.writeUInt32LE(flags >>> 0, 0);
   eventBuf.writeUInt32LE(fd, EPOLL_DATA_OFFSET);
-  eventBuf.writeUInt32LE(0, EPOLL_DATA_OFFSET + 4);
+  eventBuf.writeUInt32LE(tag, EPOLL_DATA_OFFSET + 4);
   return sys.epoll_ctl(epfd, op, fd, eventBuf) === 0 ? 0 : errno();
 }
 
+/** A connection's epoll tag: never 0. */
+const tagOf = (c: Conn): number => (c.id % 0xfffffffe) + 1;
+
 /** Adds a connection's socket to the epoll set; the errno when that fails, else 0. */
-function watch(fd: number): number {
+function watch(fd: number, c: Conn): number {
   // Edge-triggered, in and out: a direction reads until the socket is dry; EPOLLOUT matters only
   // while connecting and while a direction is blocked on its destination.
-  return ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+  return ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, tagOf(c));
 }
 
 function setInt(fd: number, level: number, name: number, value: number): void {
@@ -467,7 +477,7 @@ function startConnect(c: Conn, target: Buffer): void {
     }
   }
   byFd.set(ufd, c);
-  const werr = watch(ufd);
+  const werr = watch(ufd, c);
   if (werr !== 0) {
     refuse(c, REFUSE['connect-error'], werr);
     return;
@@ -503,7 +513,7 @@ function onConnectDone(c: Conn): void {
   addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
   if (sys.getsockname(c.ufd, addrBuf, addrLen) === 0) pushAddr(out, addrBuf);
   else out.push(0, 0, 0, 0, 0, 0);
-  const cerr = watch(c.cfd);
+  const cerr = watch(c.cfd, c);
   if (cerr !== 0) {
     fail(c, DOWNSTREAM, cerr, FAIL_READ);
     return;
@@ -684,9 +694,9 @@ function pump(f: Flow): void {
   }
 }
 
-function onSocket(fd: number, ev: number): void {
+function onSocket(fd: number, tag: number, ev: number): void {
   const c = byFd.get(fd);
-  if (c === undefined) return;
+  if (c === undefined || tagOf(c) !== tag) return; // a socket closed earlier in this batch
   if (c.phase === CONNECTING) {
     if (fd === c.ufd && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) onConnectDone(c);
     return;
@@ -726,6 +736,7 @@ function onOps(ops: number[]): void {
           if (acceptPausedUntil === 0) ctl(EPOLL_CTL_DEL, l.fd, 0);
           sys.close(l.fd);
         }
+        listenerByFd.clear(); // their numbers may come back as connections' sockets
       }
       out.push(EV_UNLISTENED, 0, 0);
     }
@@ -777,17 +788,18 @@ function loop(): void {
       const at = i * EPOLL_EVENT_SIZE;
       const ev = events.readUInt32LE(at);
       const fd = events.readUInt32LE(at + EPOLL_DATA_OFFSET);
+      const tag = events.readUInt32LE(at + EPOLL_DATA_OFFSET + 4);
       if (fd === wakeFd) {
         sys.read(wakeFd, scratch, 8);
         if (Atomics.load(ctrl, CTRL_EXIT) === 1) return;
         for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) onOps(m.message as number[]);
         continue;
       }
-      const li = listenerByFd.get(fd);
+      const li = tag === 0 ? listenerByFd.get(fd) : undefined;
       if (li !== undefined) {
         if (listening) acceptFrom(li, fd);
-      } else {
-        onSocket(fd, ev);
+      } else if (tag !== 0) {
+        onSocket(fd, tag, ev);
       }
     }
     const now = Date.now();
