@@ -51,8 +51,10 @@ Conntrack guard and socket options:
   --user-timeout DUR        TCP_USER_TIMEOUT on both sockets. Default 0 (kernel default).
   --buffer-limit SIZE       unsent bytes per direction before reading pauses. Default 1MiB, at
                             least 16KiB.
-  --relay splice|copy       how bytes move: splice (default) kernel to kernel with splice(2) on a
-                            worker thread, or copy through Node's buffers. Same semantics.
+  --relay splice|copy       who carries connections: splice (default) a worker thread that
+                            accepts, connects and moves the bytes kernel to kernel with splice(2),
+                            or copy: Node accepts, connects and copies through its buffers. Same
+                            semantics. A host-name listen address or route upstream copies.
 
 Operations:
   --admin HOST:PORT|off     admin HTTP server (metrics, connections, drain). Default 127.0.0.1:15000.
