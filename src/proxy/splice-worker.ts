@@ -300,53 +300,51 @@ function takeSlot(): number {
   return freeSlots.pop() ?? (nextSlot < data.maxSlots ? nextSlot++ : -1);
 }
 
-/** Ends a connection's life here: out of every map, pipes back, its last counters to the main thread. */
-function finish(c: Conn, ev: number, a: number, b: number, cc: number, fields: number): void {
+/** Out of every map, its pipes back, its slot free: nothing here refers to the connection any more. */
+function forget(c: Conn): void {
   c.phase = CLOSED;
   byId.delete(c.id);
   byFd.delete(c.cfd);
   if (c.ufd >= 0) byFd.delete(c.ufd);
   for (const f of [c.c2s, c.s2c]) {
-    if (f !== null && f.pipe !== null) givePipe(f.pipe, f.inPipe === 0);
-    if (f !== null) f.pipe = null;
+    if (f === null || f.pipe === null) continue;
+    givePipe(f.pipe, f.inPipe === 0);
+    f.pipe = null;
   }
-  const base = c.base;
-  const now = Date.now();
-  if (fields === 3) out.push(ev, c.id, 7, a, b, cc, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!, now);
-  else out.push(ev, c.id, 4, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!, now);
   freeSlots.push(c.slot);
   if (byId.size === 0) emptyPool();
 }
+
+/** The terminal record of a connection that relayed: its last counters (FINAL_FIELDS) after `fields`. */
+function finish(c: Conn, ev: number, fields: readonly number[]): void {
+  const base = c.base;
+  out.push(ev, c.id, fields.length + 4, ...fields, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!, Date.now());
+  forget(c);
+}
+
+const NO_FIELDS: readonly number[] = [];
 
 /** Both sockets reset and closed: a socket failed (side, errno, where). */
 function fail(c: Conn, side: number, code: number, where: number): void {
   reset(c.cfd);
   reset(c.ufd);
-  finish(c, EV_FAILED, side, code, where, 3);
+  finish(c, EV_FAILED, [side, code, where]);
 }
 
+/** Asked by the main thread (timer, guard, drain): both sockets reset, or the connect abandoned. */
 function release(c: Conn): void {
-  if (c.phase === RELAYING) {
-    reset(c.cfd);
-    reset(c.ufd);
-    finish(c, EV_RELEASED, 0, 0, 0, 0);
-  } else {
-    if (c.ufd >= 0) sys.close(c.ufd);
-    reset(c.cfd);
-    finish(c, EV_RELEASED, 0, 0, 0, 0);
-  }
+  if (c.phase === RELAYING) reset(c.ufd);
+  else if (c.ufd >= 0) sys.close(c.ufd);
+  reset(c.cfd);
+  finish(c, EV_RELEASED, NO_FIELDS);
 }
 
 /** Ends a connection that never relayed: the client gets an RST, never a clean EOF. */
 function refuse(c: Conn, reason: number, code: number): void {
   if (c.ufd >= 0) sys.close(c.ufd);
   reset(c.cfd);
-  c.phase = CLOSED;
-  byId.delete(c.id);
-  byFd.delete(c.cfd);
-  if (c.ufd >= 0) byFd.delete(c.ufd);
   out.push(EV_REFUSED, c.id, 3, reason, code, Date.now());
-  freeSlots.push(c.slot);
+  forget(c);
 }
 
 function connectReason(code: number): number {
@@ -686,7 +684,7 @@ function pump(f: Flow): void {
         // Both FINs are through and both sockets read to EOF: a plain close.
         sys.close(c.cfd);
         sys.close(c.ufd);
-        finish(c, EV_DONE, 0, 0, 0, 0);
+        finish(c, EV_DONE, NO_FIELDS);
       }
       return;
     }
