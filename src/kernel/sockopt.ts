@@ -175,3 +175,12 @@ export function takeSocketError(fd: number): string | null {
   const errno = getIntOption(fd, SOL_SOCKET, SO_ERROR, 'SO_ERROR');
   return errno === 0 ? null : errnoName(errno);
 }
+
+/** struct linger { l_onoff = 1, l_linger = 0 }: close() then sends an RST. */
+const lingerReset = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+/** Closes a socket with an RST instead of a FIN (SO_LINGER 0), as Node's resetAndDestroy does. */
+export function closeWithReset(fd: number): void {
+  sys().setsockopt(fd, SOL_SOCKET, SO_LINGER, lingerReset, 8);
+  sys().close(fd);
+}

@@ -173,6 +173,29 @@ export class Proxy {
     return true;
   }
 
+  /**
+   * The splice relay's worker died (its connections are reset and its listening sockets closed):
+   * Node binds the same addresses again and carries new connections itself, so a sidecar whose
+   * worker failed keeps serving instead of reporting ready while accepting nothing. Clients that
+   * connect in between are refused.
+   */
+  private async copyFromNowOn(): Promise<void> {
+    const addresses = this.raw.map((r) => ({ ...r.config, listen: r.address }));
+    this.splice = null;
+    this.raw = [];
+    if (this.draining) return;
+    const ownPorts = new Set<number>(addresses.map((l) => l.listen.port));
+    try {
+      for (const l of addresses) {
+        this.resolvers.set(l.name, l.kind === 'route' ? new FixedDestination(l.upstream!) : new OriginalDestination(ownPorts));
+        this.bound.push(await bindListener(l, (socket, cfg) => this.accept(socket, cfg)));
+      }
+      this.logger.warn({ listeners: addresses.map((l) => l.name) }, 'listening again without the splice relay: Node accepts, connects and copies every new connection');
+    } catch (err) {
+      this.logger.error({ err: (err as Error).message }, 'cannot listen again after the splice relay failed');
+    }
+  }
+
   private closeRaw(): void {
     for (const r of this.raw) libcCalls().close(r.fd);
     this.raw = [];
@@ -195,6 +218,7 @@ export class Proxy {
       }
       this.finish(conn);
     },
+    gone: () => void this.copyFromNowOn(),
     acceptFailed: (l, code) => {
       // Once a second at most: a listener out of descriptors fails every accept until some close.
       const now = Date.now();

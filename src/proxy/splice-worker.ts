@@ -49,11 +49,11 @@ import {
   IPPROTO_TCP,
   IP6T_SO_ORIGINAL_DST,
   SO_KEEPALIVE,
-  SO_LINGER,
   SO_ORIGINAL_DST,
   SOL_IP,
   SOL_IPV6,
   SOL_SOCKET,
+  closeWithReset,
   takeSocketErrno,
   TCP_KEEPCNT,
   TCP_KEEPIDLE,
@@ -165,8 +165,6 @@ const addrLen = Buffer.alloc(4);
 const dstBuf = Buffer.alloc(SOCKADDR_MAX);
 const localBuf = Buffer.alloc(SOCKADDR_MAX);
 const optVal = Buffer.alloc(8);
-/** struct linger { l_onoff = 1, l_linger = 0 }: close() sends an RST. */
-const lingerReset = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 /** Records for the main thread, sent once per loop turn. */
 let out: number[] = [];
 
@@ -206,11 +204,7 @@ function setKeepalive(fd: number, k: KeepaliveTriple): void {
   setInt(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
 }
 
-/** Closes with an RST (SO_LINGER 0), as Node's resetAndDestroy does. */
-function reset(fd: number): void {
-  sys.setsockopt(fd, SOL_SOCKET, SO_LINGER, lingerReset, 8);
-  sys.close(fd);
-}
+const reset = closeWithReset;
 
 // Pipes are borrowed per direction only while bytes are in flight and come back empty, so an idle
 // connection holds none. An unprivileged user's pipes share one budget (fs.pipe-user-pages-soft,

@@ -14,7 +14,7 @@ import { Worker } from 'node:worker_threads';
 import type { ListenerConfig } from '../config/schema.js';
 import { libcCalls, O_CLOEXEC, O_NONBLOCK, errno } from '../kernel/libc.js';
 import { endpointAt } from '../kernel/sockaddr.js';
-import { errnoName, type KeepaliveSettings } from '../kernel/sockopt.js';
+import { closeWithReset, errnoName, type KeepaliveSettings } from '../kernel/sockopt.js';
 import type { Logger } from '../log.js';
 import { formatEndpoint, type Endpoint } from '../util/address.js';
 import { abortConnection, reasonForError, type DirectionName, type Side } from './relay.js';
@@ -64,6 +64,8 @@ export interface SpliceHost {
   finished(conn: Connection): void;
   /** accept4 failed on a listener (out of descriptors, or too many connections). */
   acceptFailed(listener: ListenerConfig, code: string): void;
+  /** The worker died: its connections are finished and its listening sockets closed (not after stop()). */
+  gone(): void;
 }
 
 /** A listening socket bound by this thread for the worker. */
@@ -375,15 +377,15 @@ export class SpliceRelay implements Offload {
     if (this.stopped) return;
     this.stopped = true;
     process.removeListener('exit', this.onExit);
-    this.opts.logger.error({ err: err.message, connections: this.conns.size }, 'splice relay worker failed; its connections are reset and no new ones are accepted');
-    // The descriptors belong to the process, not the thread: close what the worker left open.
-    const sys = libcCalls();
+    this.opts.logger.error({ err: err.message, connections: this.conns.size }, 'splice relay worker failed; its connections are reset');
+    // The descriptors belong to the process, not the thread: reset what the worker left open.
     for (const c of this.conns.values()) {
-      for (const fd of [c.clientFd, c.upstreamFd]) if (fd >= 0) sys.close(fd);
+      for (const fd of [c.clientFd, c.upstreamFd]) if (fd >= 0) closeWithReset(fd);
     }
-    if (this.unlistened === null) for (const l of this.listeners) sys.close(l.fd);
+    if (this.unlistened === null) for (const l of this.listeners) libcCalls().close(l.fd);
     this.onUnlistened?.();
     this.finishAll(`splice relay worker failed: ${err.message}`);
+    this.host.gone();
   }
 
   /** Finishes every connection still held (the worker is gone and has reset them). */

@@ -11,6 +11,7 @@ import net from 'node:net';
 import { resolveConfig } from '../../src/config/schema.js';
 import type { Logger } from '../../src/log.js';
 import { SpliceRelay, type SpliceHost, type SpliceOptions } from '../../src/proxy/splice.js';
+import { libcCalls } from '../../src/kernel/libc.js';
 import { getIntOption, IPPROTO_TCP, TCP_NODELAY } from '../../src/kernel/sockopt.js';
 import { connect, fdCount, observe, sleep, socketFds, startProxy, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
 
@@ -125,7 +126,7 @@ test('the worker accepts IPv6 clients, turns Nagle off on both sockets and repor
 // (A start() that waited for the failed worker's exit a second time hung here: the timeout fails it.)
 test('a worker that cannot start: start() rejects and leaves no descriptor behind', { timeout: 10_000 }, async () => {
   const quiet = { info() {}, warn() {}, error() {}, debug() {} } as unknown as Logger;
-  const host: SpliceHost = { accepted() {}, connected() {}, halfClosed() {}, finished() {}, acceptFailed() {} };
+  const host: SpliceHost = { accepted() {}, connected() {}, halfClosed() {}, finished() {}, acceptFailed() {}, gone() {} };
   const opts = (workerUrl?: URL): SpliceOptions => ({
     logger: quiet,
     host,
@@ -148,4 +149,42 @@ test('a worker that cannot start: start() rejects and leaves no descriptor behin
   const relay = await SpliceRelay.start(opts());
   assert.equal(relay.size, 0);
   await relay.stop();
+});
+
+test('a worker that dies: its connections are reset and logged, and Node serves the same port from then on', { timeout: 15_000 }, async (t) => {
+  const up = await startServer((s) => {
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  const px = await startRouteProxy(up.port);
+  t.after(async () => {
+    await px.close();
+    await up.close();
+  });
+  const before = connect(px.port);
+  const c = await before;
+  const saw = observe(c);
+  c.write('x');
+  await waitFor(() => px.proxy.registry.size === 1 && [...px.proxy.registry.all()][0]!.offload !== null, 2000, 'a spliced connection');
+  // The worker thread goes away as a crash would take it. It sleeps in epoll_wait, where a
+  // terminate() cannot reach it: a wake-up brings it back to JavaScript, where it stops.
+  const splice = (px.proxy as unknown as { splice: { worker: { terminate(): Promise<number> }; wakeFd: number } }).splice;
+  const terminated = splice.worker.terminate();
+  libcCalls().write(splice.wakeFd, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]), 8);
+  await terminated;
+  assert.equal((await saw).end, 'reset', 'its client is reset, not left hanging');
+  const [entry] = await px.closed(1);
+  assert.match(String(entry!.error), /splice relay worker failed/);
+  // The same port answers again, now through Node.
+  let again: net.Socket | null = null;
+  await waitFor(async () => {
+    again?.destroy();
+    again = await connect(px.port).catch(() => null);
+    return again !== null;
+  }, 5000, 'the port to listen again');
+  const echoed = new Promise((r) => again!.once('data', r));
+  again!.write('y');
+  assert.equal(String(await echoed), 'y');
+  assert.ok([...px.proxy.registry.all()].every((conn) => conn.offload === null && conn.client !== null), 'carried by Node now');
+  again!.destroy();
 });
