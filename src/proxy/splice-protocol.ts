@@ -1,5 +1,6 @@
 // What the proxy's main thread and the splice relay's worker thread tell each other. Both sides
-// send flat arrays of numbers (cheap to clone), one record after another: [kind, id, n, ...n
+// send flat runs of numbers, one record after another (the worker's as a transferred Float64Array,
+// the main thread's rare operations as an array): [kind, id, n, ...n
 // fields]. Addresses travel in the six-number form of kernel/sockaddr.ts.
 
 /** Main -> worker: stop relaying connection `id` and reset both of its sockets; answered by EV_RELEASED. No fields. */

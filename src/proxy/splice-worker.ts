@@ -166,7 +166,14 @@ const dstBuf = Buffer.alloc(SOCKADDR_MAX);
 const localBuf = Buffer.alloc(SOCKADDR_MAX);
 const optVal = Buffer.alloc(8);
 /** Records for the main thread, sent once per loop turn. */
-let out: number[] = [];
+const out: number[] = [];
+/**
+ * The time, epoch ms, read once after each epoll_wait (and once after handling its events): every
+ * record and counter of one batch carries it. A batch of up to MAX_EVENTS events takes a
+ * millisecond or two at most under load, so a timestamp can be that much early; Date.now() per
+ * record and per read cost more than the rest of the bookkeeping of a short connection's reads.
+ */
+let now = Date.now();
 
 /**
  * The epoll data of a registration: the descriptor, and a tag (0 for listeners and the wake-up
@@ -312,7 +319,7 @@ function forget(c: Conn): void {
 /** The terminal record of a connection that relayed: its last counters (FINAL_FIELDS) after `fields`. */
 function finish(c: Conn, ev: number, fields: readonly number[]): void {
   const base = c.base;
-  out.push(ev, c.id, fields.length + 4, ...fields, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!, Date.now());
+  out.push(ev, c.id, fields.length + 4, ...fields, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!, now);
   forget(c);
 }
 
@@ -337,7 +344,7 @@ function release(c: Conn): void {
 function refuse(c: Conn, reason: number, code: number): void {
   if (c.ufd >= 0) sys.close(c.ufd);
   reset(c.cfd);
-  out.push(EV_REFUSED, c.id, 3, reason, code, Date.now());
+  out.push(EV_REFUSED, c.id, 3, reason, code, now);
   forget(c);
 }
 
@@ -389,7 +396,6 @@ function accepted(li: number, cfd: number): void {
     out.push(EV_ACCEPT_ERROR, 0, 3, -1, li, 0);
     return;
   }
-  const now = Date.now();
   const base = slot * SLOT_FIELDS;
   live[base + SLOT_ACTIVITY] = now;
   live[base + SLOT_BYTES] = 0;
@@ -475,15 +481,17 @@ function startConnect(c: Conn, target: Buffer): void {
     return;
   }
   if (connectTimeoutMs > 0) {
-    c.deadline = Date.now() + connectTimeoutMs;
+    c.deadline = now + connectTimeoutMs;
     connecting.push(c);
   }
   // A connect that completed at once still raises EPOLLOUT: it is handled there, like any other.
 }
 
-/** The upstream answered (EPOLLOUT or an error while connecting). */
-function onConnectDone(c: Conn): void {
-  const e = takeSocketErrno(c.ufd);
+/** The upstream answered (EPOLLOUT, or an error while connecting). */
+function onConnectDone(c: Conn, ev: number): void {
+  // A refused or failed connect always raises EPOLLERR (with EPOLLHUP): EPOLLOUT alone is a
+  // connected socket, and asking for SO_ERROR would only cost a system call.
+  const e = ev & (EPOLLERR | EPOLLHUP) ? takeSocketErrno(c.ufd) : 0;
   if (e !== 0) {
     refuse(c, connectReason(e), e);
     return;
@@ -501,7 +509,7 @@ function onConnectDone(c: Conn): void {
     setInt(c.cfd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
     setInt(c.ufd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
   }
-  out.push(EV_CONNECTED, c.id, 8, Date.now(), c.ufd);
+  out.push(EV_CONNECTED, c.id, 8, now, c.ufd);
   addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
   if (sys.getsockname(c.ufd, addrBuf, addrLen) === 0) pushAddr(out, addrBuf);
   else out.push(0, 0, 0, 0, 0, 0);
@@ -549,7 +557,7 @@ let guardHead = 0;
 
 function guard(c: Conn): void {
   if (c.guardAt !== 0 || halfClosedKeepalive === null) return;
-  c.guardAt = Date.now() + GUARD_DELAY_MS;
+  c.guardAt = now + GUARD_DELAY_MS;
   guardQueue.push(c);
 }
 
@@ -603,7 +611,7 @@ function pump(f: Flow): void {
           f.inPipe += n;
           live[c.base + SLOT_HELD + f.dir] = f.inPipe;
           live[c.base + SLOT_BYTES + f.dir]! += n;
-          live[c.base + SLOT_ACTIVITY] = Date.now();
+          live[c.base + SLOT_ACTIVITY] = now;
           progress = true;
         } else {
           if (f.inPipe === 0) {
@@ -620,7 +628,6 @@ function pump(f: Flow): void {
               return;
             }
             f.state = FIN_RECEIVED;
-            const now = Date.now();
             live[c.base + SLOT_ACTIVITY] = now;
             out.push(EV_FIN, c.id, 2, f.dir, now);
             guard(c);
@@ -666,16 +673,19 @@ function pump(f: Flow): void {
       // shutdown fails (the socket is closed). Checked before, not after: a reset that comes back
       // once our FIN has arrived (the peer read EOF, then crashed) is the peer's next move, and
       // the FIN was forwarded; the read side reports that reset.
+      // The last FIN is sent by close() below: the destination was read to its EOF, so its receive
+      // queue is empty and closing it sends a FIN, not a reset (a shutdown first cost a call).
+      const last = f.peer.state === FIN_FORWARDED;
       let err = takeSocketErrno(f.dst);
-      if (err === 0 && sys.shutdown(f.dst, SHUT_WR) !== 0) err = takeSocketErrno(f.dst) || errno();
+      if (err === 0 && !last && sys.shutdown(f.dst, SHUT_WR) !== 0) err = takeSocketErrno(f.dst) || errno();
       if (err !== 0) {
         fail(c, 1 - f.srcSide, err, FAIL_BEFORE_FIN);
         return;
       }
       f.state = FIN_FORWARDED;
-      out.push(EV_FIN_FORWARDED, c.id, 2, f.dir, Date.now());
-      if (f.peer.state === FIN_FORWARDED) {
-        // Both FINs are through and both sockets read to EOF: a plain close.
+      out.push(EV_FIN_FORWARDED, c.id, 2, f.dir, now);
+      if (last) {
+        // Both directions done and both sockets read to EOF: a plain close, which sends the last FIN.
         sys.close(c.cfd);
         sys.close(c.ufd);
         finish(c, EV_DONE, NO_FIELDS);
@@ -690,7 +700,7 @@ function onSocket(fd: number, tag: number, ev: number): void {
   const c = byFd.get(fd);
   if (c === undefined || tagOf(c) !== tag) return; // a socket closed earlier in this batch
   if (c.phase === CONNECTING) {
-    if (fd === c.ufd && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) onConnectDone(c);
+    if (fd === c.ufd && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) onConnectDone(c, ev);
     return;
   }
   const from = fd === c.cfd ? c.c2s! : c.s2c!; // the direction this socket is the source of
@@ -752,8 +762,11 @@ const POST_BATCH = 8192;
 let lastPostAt = 0;
 
 function flushOut(now: number): void {
-  port.postMessage(out);
-  out = [];
+  // As a Float64Array the records move to the main thread without a copy, and reading them there
+  // allocates nothing; a plain array arrives as one heap number per timestamp and IPv4 address.
+  const records = Float64Array.from(out);
+  port.postMessage(records, [records.buffer]);
+  out.length = 0;
   lastPostAt = now;
 }
 
@@ -771,7 +784,8 @@ function waitMs(now: number): number {
 
 function loop(): void {
   for (;;) {
-    const n = sys.epoll_wait(epfd, events, MAX_EVENTS, waitMs(Date.now()));
+    const n = sys.epoll_wait(epfd, events, MAX_EVENTS, waitMs(now));
+    now = Date.now();
     if (n < 0) {
       if (errno() === EINTR) continue;
       throw new Error(`epoll_wait: errno ${errno()}`);
@@ -795,7 +809,7 @@ function loop(): void {
         onSocket(fd, tag, ev);
       }
     }
-    const now = Date.now();
+    now = Date.now();
     if (connectingHead < connecting.length) expireConnects(now);
     if (guardHead < guardQueue.length) applyGuards(now);
     if (acceptPausedUntil > 0 && now >= acceptPausedUntil) resumeAccepting();

@@ -165,7 +165,7 @@ export class SpliceRelay implements Offload {
     }).then(() => {
       // The worker stays referenced until stop(), as a listening net.Server or an open socket keeps
       // a process running: while draining, its answers are what the event loop waits for.
-      this.worker.on('message', (evs: number[]) => this.onEvents(evs));
+      this.worker.on('message', (evs: Float64Array) => this.onEvents(evs));
       this.worker.on('error', (err) => this.workerGone(err));
       this.worker.on('exit', (code) => {
         if (!this.stopped) this.workerGone(new Error(`exited with code ${code}`));
@@ -235,7 +235,7 @@ export class SpliceRelay implements Offload {
     });
   }
 
-  private onEvents(evs: number[]): void {
+  private onEvents(evs: Float64Array): void {
     for (let i = 0; i + 3 <= evs.length; i += 3 + evs[i + 2]!) {
       const kind = evs[i]!;
       const id = evs[i + 1]!;
@@ -321,7 +321,7 @@ export class SpliceRelay implements Offload {
     }
   }
 
-  private accepted(id: number, evs: number[], f: number): void {
+  private accepted(id: number, evs: Float64Array, f: number): void {
     const l = this.listeners[evs[f]!]!.config;
     const conn = new Connection(id, l, null, endpointAt(evs, f + 4)!, evs[f + 1]!);
     conn.clientFd = evs[f + 3]!;
