@@ -17,6 +17,8 @@ export interface Libc {
   close(fd: number): number;
   eventfd(initval: number, flags: number): number;
   read(fd: number, buf: Buffer, len: number): number;
+  recv(fd: number, buf: Buffer, len: number, flags: number): number;
+  send(fd: number, buf: Buffer, len: number, flags: number): number;
   write(fd: number, buf: Buffer, len: number): number;
   getsockopt(fd: number, level: number, name: number, val: Buffer, len: Buffer): number;
   setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
@@ -46,6 +48,8 @@ export function libcCalls(): Libc {
       close: lib.func('int close(int fd)'),
       eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
       read: lib.func('long read(int fd, uint8_t *buf, size_t len)'),
+      recv: lib.func('long recv(int fd, uint8_t *buf, size_t len, int flags)'),
+      send: lib.func('long send(int fd, uint8_t *buf, size_t len, int flags)'),
       write: lib.func('long write(int fd, uint8_t *buf, size_t len)'),
       getsockopt: lib.func('int getsockopt(int fd, int level, int name, uint8_t *val, uint8_t *len)'),
       setsockopt: lib.func('int setsockopt(int fd, int level, int name, uint8_t *val, uint32_t len)'),
@@ -82,6 +86,7 @@ export const O_CLOEXEC = 0o2000000;
 export const F_SETPIPE_SZ = 1031;
 export const F_GETPIPE_SZ = 1032;
 export const SHUT_WR = 1;
+export const MSG_NOSIGNAL = 0x4000;
 export const EAGAIN = 11;
 export const EINTR = 4;
 export const EINPROGRESS = 115;

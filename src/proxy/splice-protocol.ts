@@ -69,14 +69,18 @@ export const FAIL_IDLE = 4;
 /**
  * Shared live counters, SLOT_FIELDS float64 per connection: [last activity (epoch ms), bytes
  * client->server, bytes server->client, paused bits (1 c2s, 2 s2c), bytes held in the pipe c2s,
- * the same s2c]. The worker writes them as it relays; timers, metrics, the admin API and tests
- * read them without a message.
+ * the same s2c, client descriptor + 1, upstream descriptor + 1]. The worker writes them as it
+ * relays; timers, metrics, the admin API and tests read them without a message. The descriptors
+ * (0: none; a slot that was never used is all zeros) are the worker's until it closes them: it
+ * clears them first, so if the worker dies the main thread resets exactly what it still held,
+ * connections not yet reported included.
  */
-export const SLOT_FIELDS = 6;
+export const SLOT_FIELDS = 8;
 export const SLOT_ACTIVITY = 0;
 export const SLOT_BYTES = 1; // + direction
 export const SLOT_PAUSED = 3;
 export const SLOT_HELD = 4; // + direction
+export const SLOT_FDS = 6; // + side (0 client, 1 upstream)
 
 /** Control words in a shared Int32Array: [0] = 1 when the worker must exit. */
 export const CTRL_EXIT = 0;

@@ -35,6 +35,7 @@ import {
   F_GETPIPE_SZ,
   F_SETPIPE_SZ,
   libcCalls,
+  MSG_NOSIGNAL,
   O_CLOEXEC,
   O_NONBLOCK,
   SHUT_WR,
@@ -85,6 +86,7 @@ import {
   REFUSE_REASONS,
   SLOT_ACTIVITY,
   SLOT_BYTES,
+  SLOT_FDS,
   SLOT_FIELDS,
   SLOT_HELD,
   SLOT_PAUSED,
@@ -136,6 +138,7 @@ const ECONNREFUSED = 111;
 const ETIMEDOUT = 110;
 const EHOSTUNREACH = 113;
 const ENETUNREACH = 101;
+const ENOBUFS = 105;
 const REFUSE = Object.fromEntries(REFUSE_REASONS.map((r, i) => [r, i])) as Record<(typeof REFUSE_REASONS)[number], number>;
 
 const sys = libcCalls();
@@ -256,6 +259,8 @@ class Flow {
   inPipe = 0;
   /** The destination refused more (EAGAIN) with bytes still in the pipe. */
   blocked = false;
+  /** A read filled the copy buffer: a stream, spliced from then on (see COPY_MAX). */
+  bulk = false;
   peer!: Flow;
   constructor(
     readonly conn: Conn,
@@ -325,8 +330,15 @@ function finish(c: Conn, ev: number, fields: readonly number[]): void {
 
 const NO_FIELDS: readonly number[] = [];
 
+/** The connection's descriptors are about to be closed: the main thread must no longer reset them if this thread dies. */
+function disown(c: Conn): void {
+  live[c.base + SLOT_FDS] = 0;
+  live[c.base + SLOT_FDS + 1] = 0;
+}
+
 /** Both sockets reset and closed: a socket failed (side, errno, where). */
 function fail(c: Conn, side: number, code: number, where: number): void {
+  disown(c);
   reset(c.cfd);
   reset(c.ufd);
   finish(c, EV_FAILED, [side, code, where]);
@@ -334,6 +346,7 @@ function fail(c: Conn, side: number, code: number, where: number): void {
 
 /** Asked by the main thread (timer, guard, drain): both sockets reset, or the connect abandoned. */
 function release(c: Conn): void {
+  disown(c);
   if (c.phase === RELAYING) reset(c.ufd);
   else if (c.ufd >= 0) sys.close(c.ufd);
   reset(c.cfd);
@@ -342,6 +355,7 @@ function release(c: Conn): void {
 
 /** Ends a connection that never relayed: the client gets an RST, never a clean EOF. */
 function refuse(c: Conn, reason: number, code: number): void {
+  disown(c);
   if (c.ufd >= 0) sys.close(c.ufd);
   reset(c.cfd);
   out.push(EV_REFUSED, c.id, 3, reason, code, now);
@@ -403,6 +417,8 @@ function accepted(li: number, cfd: number): void {
   live[base + SLOT_PAUSED] = 0;
   live[base + SLOT_HELD] = 0;
   live[base + SLOT_HELD + 1] = 0;
+  live[base + SLOT_FDS] = cfd + 1;
+  live[base + SLOT_FDS + 1] = 0;
   const c = new Conn(nextId++, cfd, slot, base, li);
   byId.set(c.id, c);
   byFd.set(cfd, c);
@@ -461,6 +477,7 @@ function startConnect(c: Conn, target: Buffer): void {
     return;
   }
   c.ufd = ufd;
+  live[c.base + SLOT_FDS + 1] = ufd + 1;
   setInt(ufd, IPPROTO_TCP, TCP_NODELAY, 1);
   const source = family === AF_INET ? sources4[c.listener] : sources6[c.listener];
   if (source && sys.bind(ufd, source, source.length) !== 0) {
@@ -589,14 +606,58 @@ function setPaused(f: Flow, paused: boolean): void {
 }
 
 /**
+ * Small reads are copied, not spliced: recv into one buffer of this thread, send straight on.
+ * Splicing a message of a few bytes costs two splices and a pipe, and a short recv() tells that
+ * the socket is drained, where a short splice does not (it can stop at the pipe's slots), so the
+ * read that would only say EAGAIN is saved too. The first read that fills the buffer marks the
+ * direction a stream, and it is spliced from then on: its bytes never enter the process. Bytes
+ * the destination does not take at once wait in a pipe, as spliced ones do. 8 KiB: the least an
+ * empty pipe holds (two pages, for a user over the pipe budget), so what is left always fits.
+ */
+const COPY_MAX = 8192;
+const copyBuf = Buffer.alloc(COPY_MAX);
+
+/**
  * Moves what it can in one direction: reads while the pipe has room and the source has bytes,
  * writes while the destination takes them; forwards the FIN once the pipe is empty.
  */
-function pump(f: Flow): void {
+function pump(f: Flow, ev = 0): void {
   const c = f.conn;
   for (;;) {
     let progress = false;
-    if (f.state === OPEN && f.inPipe < f.limit) {
+    if (f.state === OPEN && f.inPipe === 0 && !f.bulk) {
+      const want = Math.min(COPY_MAX, f.limit);
+      const n = sys.recv(f.src, copyBuf, want, 0);
+      if (n > 0) {
+        live[c.base + SLOT_BYTES + f.dir]! += n;
+        live[c.base + SLOT_ACTIVITY] = now;
+        if (n === want) f.bulk = true;
+        const m = sys.send(f.dst, copyBuf, n, MSG_NOSIGNAL);
+        if (m < 0) {
+          const e = errno();
+          if (e !== EAGAIN && e !== EINTR) {
+            fail(c, 1 - f.srcSide, e, FAIL_WRITE);
+            return;
+          }
+        }
+        const sent = m > 0 ? m : 0;
+        if (sent < n && !hold(f, sent, n - sent)) return;
+        // A short read left the socket empty: its next bytes raise a new edge. A FIN or an error
+        // that came with them (EPOLLRDHUP, EPOLLHUP, EPOLLERR) is read now; outside an event, read
+        // until EAGAIN.
+        if (sent === n && !f.bulk && ev !== 0 && (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) === 0) return;
+        continue;
+      }
+      if (n === 0) {
+        if (!endOfStream(f)) return;
+      } else {
+        const e = errno();
+        if (e !== EAGAIN && e !== EINTR) {
+          fail(c, f.srcSide, e, FAIL_READ);
+          return;
+        }
+      }
+    } else if (f.state === OPEN && f.inPipe < f.limit) {
       if (f.pipe === null) {
         f.pipe = takePipe();
         if (f.pipe === null) {
@@ -620,17 +681,7 @@ function pump(f: Flow): void {
             f.pipe = null;
           }
           if (n === 0) {
-            // EOF. A reset that arrived after the last bytes is kept as the socket's error, and a
-            // FIN forwarded now would pass a crash off as a complete stream.
-            const err = takeSocketErrno(f.src);
-            if (err !== 0) {
-              fail(c, f.srcSide, err, FAIL_AFTER_EOF);
-              return;
-            }
-            f.state = FIN_RECEIVED;
-            live[c.base + SLOT_ACTIVITY] = now;
-            out.push(EV_FIN, c.id, 2, f.dir, now);
-            guard(c);
+            if (!endOfStream(f)) return;
           } else {
             const e = errno();
             if (e !== EAGAIN && e !== EINTR) {
@@ -686,6 +737,7 @@ function pump(f: Flow): void {
       out.push(EV_FIN_FORWARDED, c.id, 2, f.dir, now);
       if (last) {
         // Both directions done and both sockets read to EOF: a plain close, which sends the last FIN.
+        disown(c);
         sys.close(c.cfd);
         sys.close(c.ufd);
         finish(c, EV_DONE, NO_FIELDS);
@@ -694,6 +746,41 @@ function pump(f: Flow): void {
     }
     if (!progress) return;
   }
+}
+
+/** EOF read: the direction is fin-received, or failed (false) when a reset came after the last bytes. */
+function endOfStream(f: Flow): boolean {
+  const c = f.conn;
+  // A reset that arrived after the last bytes is kept as the socket's error, and a FIN forwarded
+  // now would pass a crash off as a complete stream.
+  const err = takeSocketErrno(f.src);
+  if (err !== 0) {
+    fail(c, f.srcSide, err, FAIL_AFTER_EOF);
+    return false;
+  }
+  f.state = FIN_RECEIVED;
+  live[c.base + SLOT_ACTIVITY] = now;
+  out.push(EV_FIN, c.id, 2, f.dir, now);
+  guard(c);
+  return true;
+}
+
+/** Copied bytes the destination did not take (copyBuf[from, from + len)) wait in a pipe; false when the connection failed. */
+function hold(f: Flow, from: number, len: number): boolean {
+  f.pipe = takePipe();
+  const w = f.pipe === null ? -1 : sys.write(f.pipe.w, from === 0 ? copyBuf : copyBuf.subarray(from), len);
+  if (w !== len) {
+    // No descriptor for a pipe (or, never seen, a pipe that took less than its least size): the
+    // bytes cannot be kept, and the stream cannot go on without them.
+    const e = w < 0 ? errno() : ENOBUFS;
+    if (f.pipe !== null) givePipe(f.pipe, false);
+    f.pipe = null;
+    fail(f.conn, f.srcSide, e, FAIL_READ);
+    return false;
+  }
+  f.inPipe = len;
+  live[f.conn.base + SLOT_HELD + f.dir] = len;
+  return true;
 }
 
 function onSocket(fd: number, tag: number, ev: number): void {
@@ -705,7 +792,7 @@ function onSocket(fd: number, tag: number, ev: number): void {
   }
   const from = fd === c.cfd ? c.c2s! : c.s2c!; // the direction this socket is the source of
   const into = from.peer; // and the one it is the destination of
-  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pump(from);
+  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pump(from, ev);
   if (c.phase === RELAYING && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP) && into.blocked) pump(into);
   if (c.phase === RELAYING && ev & EPOLLERR) {
     // Nothing read it (EOF already seen, or its direction is blocked): the error is the socket's.

@@ -39,6 +39,7 @@ import {
   OP_RELEASE,
   OP_UNLISTEN,
   REFUSE_REASONS,
+  SLOT_FDS,
   SLOT_FIELDS,
 } from './splice-protocol.js';
 import type { KeepaliveTriple, SpliceWorkerData, WorkerListener } from './splice-worker.js';
@@ -378,9 +379,15 @@ export class SpliceRelay implements Offload {
     this.stopped = true;
     process.removeListener('exit', this.onExit);
     this.opts.logger.error({ err: err.message, connections: this.conns.size }, 'splice relay worker failed; its connections are reset');
-    // The descriptors belong to the process, not the thread: reset what the worker left open.
-    for (const c of this.conns.values()) {
-      for (const fd of [c.clientFd, c.upstreamFd]) if (fd >= 0) closeWithReset(fd);
+    // The descriptors belong to the process, not the thread: reset what the worker left open, by
+    // its own shared account (a connection it accepted or connected in its last few milliseconds
+    // may not have been reported yet).
+    for (let base = 0; base < this.live.length; base += SLOT_FIELDS) {
+      for (let side = 0; side < 2; side++) {
+        const fdPlusOne = this.live[base + SLOT_FDS + side]!;
+        if (fdPlusOne > 0) closeWithReset(fdPlusOne - 1);
+        this.live[base + SLOT_FDS + side] = 0;
+      }
     }
     if (this.unlistened === null) for (const l of this.listeners) libcCalls().close(l.fd);
     this.onUnlistened?.();

@@ -35,7 +35,7 @@ test('toJSONText is JSON.stringify(toJSON()) from accept to close, for both rela
   // Bytes, paused flags and activity read from the splice relay's shared counters.
   const live = new Float64Array(4 * SLOT_FIELDS);
   c.follow(live, 2 * SLOT_FIELDS);
-  live.set([t0 + 95, 1234, 98765, 3, 10, 20], 2 * SLOT_FIELDS);
+  live.set([t0 + 95, 1234, 98765, 3, 10, 20, 8, 9], 2 * SLOT_FIELDS);
   same(c, t0 + 100, 'open, both directions paused');
   c.c2s.state = 'fin-received';
   c.c2s.finReceivedAt = t0 + 120;

@@ -13,7 +13,7 @@ import type { Logger } from '../../src/log.js';
 import { SpliceRelay, type SpliceHost, type SpliceOptions } from '../../src/proxy/splice.js';
 import { libcCalls } from '../../src/kernel/libc.js';
 import { getIntOption, IPPROTO_TCP, TCP_NODELAY } from '../../src/kernel/sockopt.js';
-import { connect, fdCount, observe, sleep, socketFds, startProxy, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
+import { connect, fdCount, observe, sleep, socketFds, startProxy, startRouteProxy, startServer, waitFor, type Observed } from '../helpers/proxy.js';
 
 /** This process's open pipe descriptors. */
 function pipeFds(): number {
@@ -151,9 +151,10 @@ test('a worker that cannot start: start() rejects and leaves no descriptor behin
   await relay.stop();
 });
 
-test('a worker that dies: its connections are reset and logged, and Node serves the same port from then on', { timeout: 15_000 }, async (t) => {
+test('a worker that dies: its connections are reset on both sides and logged, and Node serves the same port from then on', { timeout: 15_000 }, async (t) => {
+  const upstreams: Promise<Observed>[] = [];
   const up = await startServer((s) => {
-    s.on('error', () => {});
+    upstreams.push(observe(s));
     s.pipe(s);
   });
   const px = await startRouteProxy(up.port);
@@ -166,6 +167,9 @@ test('a worker that dies: its connections are reset and logged, and Node serves 
   const saw = observe(c);
   c.write('x');
   await waitFor(() => px.proxy.registry.size === 1 && [...px.proxy.registry.all()][0]!.offload !== null, 2000, 'a spliced connection');
+  // Killed as soon as the upstream has accepted: the worker may not have reported the connect yet
+  // (its records go out every 10 ms), and its upstream socket must be reset all the same.
+  await waitFor(() => upstreams.length === 1, 2000, 'the upstream connection');
   // The worker thread goes away as a crash would take it. It sleeps in epoll_wait, where a
   // terminate() cannot reach it: a wake-up brings it back to JavaScript, where it stops.
   const splice = (px.proxy as unknown as { splice: { worker: { terminate(): Promise<number> }; wakeFd: number } }).splice;
@@ -173,6 +177,8 @@ test('a worker that dies: its connections are reset and logged, and Node serves 
   libcCalls().write(splice.wakeFd, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]), 8);
   await terminated;
   assert.equal((await saw).end, 'reset', 'its client is reset, not left hanging');
+  const upstreamEnd = await Promise.race([upstreams[0]!, sleep(3000).then(() => ({ end: 'still open after 3 s' }))]);
+  assert.equal(upstreamEnd.end, 'reset', 'its upstream is reset, not left open');
   const [entry] = await px.closed(1);
   assert.match(String(entry!.error), /splice relay worker failed/);
   // The same port answers again, now through Node.
