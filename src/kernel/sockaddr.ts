@@ -62,6 +62,17 @@ export function endpointAt(a: ArrayLike<number>, i: number): Endpoint | null {
   return { host: formatIPv6(bytes), port, family: 6 };
 }
 
+// A proxy sees the same few addresses over and over (its clients, its own, its upstreams): their
+// text is kept, up to V4_CACHE_MAX of them, instead of made twice per connection.
+const V4_CACHE_MAX = 1024;
+const v4Cache = new Map<number, string>();
+
 function v4Text(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
+  let t = v4Cache.get(n);
+  if (t === undefined) {
+    if (v4Cache.size >= V4_CACHE_MAX) v4Cache.clear();
+    t = `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
+    v4Cache.set(n, t);
+  }
+  return t;
 }

@@ -62,13 +62,13 @@ export class Direction {
   get held(): number | null {
     return this.live === null ? null : this.live[this.heldAt]!;
   }
-  /** Reads bytes, the paused flag and held bytes from shared counters until unfollow(). */
-  follow(live: Float64Array, at: { bytes: number; paused: number; bit: number; held: number }): void {
+  /** Reads bytes, the paused flag (bit `bit` at `pausedAt`) and held bytes from shared counters at these indexes until unfollow(). */
+  follow(live: Float64Array, bytesAt: number, pausedAt: number, bit: number, heldAt: number): void {
     this.live = live;
-    this.liveAt = at.bytes;
-    this.pausedAt = at.paused;
-    this.pausedBit = at.bit;
-    this.heldAt = at.held;
+    this.liveAt = bytesAt;
+    this.pausedAt = pausedAt;
+    this.pausedBit = bit;
+    this.heldAt = heldAt;
   }
   unfollow(): void {
     if (this.live === null) return;
@@ -204,8 +204,8 @@ export class Connection {
   follow(live: Float64Array, base: number): void {
     this.live = live;
     this.liveBase = base;
-    this.c2s.follow(live, { bytes: base + SLOT_BYTES, paused: base + SLOT_PAUSED, bit: 1, held: base + SLOT_HELD });
-    this.s2c.follow(live, { bytes: base + SLOT_BYTES + 1, paused: base + SLOT_PAUSED, bit: 2, held: base + SLOT_HELD + 1 });
+    this.c2s.follow(live, base + SLOT_BYTES, base + SLOT_PAUSED, 1, base + SLOT_HELD);
+    this.s2c.follow(live, base + SLOT_BYTES + 1, base + SLOT_PAUSED, 2, base + SLOT_HELD + 1);
   }
   unfollow(): void {
     if (this.live === null) return;

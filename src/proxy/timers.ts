@@ -18,16 +18,27 @@ interface Due {
 
 /** The nearest deadline of a connection, or null when every timer is off. */
 export function nextDeadline(conn: Connection, t: TimerSettings): Due | null {
-  let best: Due | null = null;
-  const consider = (at: number, reason: CloseReason): void => {
-    if (best === null || at < best.at) best = { at, reason };
-  };
-  if (t.idleTimeoutMs > 0) consider(conn.lastActivityAt + t.idleTimeoutMs, 'idle-timeout');
+  const at = nextDeadlineAt(conn, t);
+  if (at === 0) return null;
+  // The same order of preference as nextDeadlineAt's comparisons: the first deadline that is due.
+  if (t.idleTimeoutMs > 0 && conn.lastActivityAt + t.idleTimeoutMs === at) return { at, reason: 'idle-timeout' };
+  if (t.halfCloseTimeoutMs > 0 && conn.halfClosedAt > 0 && Math.max(conn.halfClosedAt, conn.lastActivityAt) + t.halfCloseTimeoutMs === at) return { at, reason: 'half-close-timeout' };
+  return { at, reason: 'max-duration' };
+}
+
+/** When the nearest deadline falls (epoch ms), or 0 when every timer is off: arming a timer needs no more, and makes no object. */
+export function nextDeadlineAt(conn: Connection, t: TimerSettings): number {
+  let at = 0;
+  if (t.idleTimeoutMs > 0) at = conn.lastActivityAt + t.idleTimeoutMs;
   if (t.halfCloseTimeoutMs > 0 && conn.halfClosedAt > 0) {
-    consider(Math.max(conn.halfClosedAt, conn.lastActivityAt) + t.halfCloseTimeoutMs, 'half-close-timeout');
+    const h = Math.max(conn.halfClosedAt, conn.lastActivityAt) + t.halfCloseTimeoutMs;
+    if (at === 0 || h < at) at = h;
   }
-  if (t.maxDurationMs > 0) consider(conn.startedAt + t.maxDurationMs, 'max-duration');
-  return best;
+  if (t.maxDurationMs > 0) {
+    const m = conn.startedAt + t.maxDurationMs;
+    if (at === 0 || m < at) at = m;
+  }
+  return at;
 }
 
 // setTimeout cannot sleep longer than 2^31-1 ms; longer deadlines are reached in steps.
@@ -58,9 +69,9 @@ export class ConnectionTimers {
   /** (Re)computes the connection's nearest deadline; call on start and on each half-close. */
   arm(conn: Connection): void {
     this.disarm(conn);
-    const due = nextDeadline(conn, this.settings);
-    if (due === null) return;
-    const wait = Math.min(Math.max(due.at - Date.now(), 0), MAX_SLEEP_MS);
+    const at = nextDeadlineAt(conn, this.settings);
+    if (at === 0) return;
+    const wait = Math.min(Math.max(at - Date.now(), 0), MAX_SLEEP_MS);
     if (wait > FAR_MS) {
       this.far.add(conn);
       if (this.sweeper === null) {
@@ -91,10 +102,10 @@ export class ConnectionTimers {
   private sweep(): void {
     const now = Date.now();
     for (const conn of this.far) {
-      const due = nextDeadline(conn, this.settings);
-      if (due !== null && due.at > now + FAR_MS + FAR_SWEEP_MS) continue;
+      const at = nextDeadlineAt(conn, this.settings);
+      if (at !== 0 && at > now + FAR_MS + FAR_SWEEP_MS) continue;
       this.far.delete(conn);
-      if (due !== null) this.setTimer(conn, Math.max(due.at - now, 0));
+      if (at !== 0) this.setTimer(conn, Math.max(at - now, 0));
     }
     if (this.far.size === 0 && this.sweeper !== null) {
       clearInterval(this.sweeper);
