@@ -34,11 +34,23 @@ export function sockaddrOf(e: { host: string; port: number }): Buffer {
 
 /** Appends the six-number form of the sockaddr at `buf` to `out`; family 0 when it is neither. */
 export function pushAddr(out: number[], buf: Buffer): void {
+  writeAddr(out, out.length, buf);
+}
+
+/** Writes the six-number form of the sockaddr at `buf` into `out` at `at`; family 0 when it is neither. */
+export function writeAddr(out: { [i: number]: number }, at: number, buf: Buffer): void {
   const family = buf.readUInt16LE(0);
-  const port = buf.readUInt16BE(2);
-  if (family === AF_INET) out.push(4, port, buf.readUInt32BE(4), 0, 0, 0);
-  else if (family === AF_INET6) out.push(6, port, buf.readUInt32BE(8), buf.readUInt32BE(12), buf.readUInt32BE(16), buf.readUInt32BE(20));
-  else out.push(0, 0, 0, 0, 0, 0);
+  out[at + 1] = buf.readUInt16BE(2);
+  out[at + 3] = out[at + 4] = out[at + 5] = 0;
+  if (family === AF_INET) {
+    out[at] = 4;
+    out[at + 2] = buf.readUInt32BE(4);
+  } else if (family === AF_INET6) {
+    out[at] = 6;
+    for (let w = 0; w < 4; w++) out[at + 2 + w] = buf.readUInt32BE(8 + 4 * w);
+  } else {
+    out[at] = out[at + 1] = out[at + 2] = 0;
+  }
 }
 
 /** `::ffff:a.b.c.d` in the six-number form. */

@@ -45,7 +45,7 @@ import {
   SPLICE_F_MOVE,
   SPLICE_F_NONBLOCK,
 } from '../kernel/libc.js';
-import { endpointAt, isMappedV4, pushAddr, SOCKADDR_MAX } from '../kernel/sockaddr.js';
+import { endpointAt, isMappedV4, pushAddr, SOCKADDR_MAX, writeAddr } from '../kernel/sockaddr.js';
 import {
   IPPROTO_TCP,
   IP6T_SO_ORIGINAL_DST,
@@ -168,8 +168,36 @@ const addrLen = Buffer.alloc(4);
 const dstBuf = Buffer.alloc(SOCKADDR_MAX);
 const localBuf = Buffer.alloc(SOCKADDR_MAX);
 const optVal = Buffer.alloc(8);
-/** Records for the main thread, sent once per loop turn. */
-const out: number[] = [];
+/**
+ * Records for the main thread, sent every POST_EVERY_MS as a copy of the used part: one
+ * Float64Array, doubled when a batch needs more and reused, so a batch is neither reallocated as it
+ * grows nor copied by every young-generation collection (a plain array of a few thousand numbers
+ * was both). rec() starts a record and reserves its fields, put() writes them.
+ */
+let out = new Float64Array(8192);
+let outLen = 0;
+
+function rec(kind: number, id: number, n: number): void {
+  if (outLen + 3 + n > out.length) {
+    const bigger = new Float64Array(Math.max(out.length * 2, outLen + 3 + n));
+    bigger.set(out.subarray(0, outLen));
+    out = bigger;
+  }
+  out[outLen++] = kind;
+  out[outLen++] = id;
+  out[outLen++] = n;
+}
+
+function put(v: number): void {
+  out[outLen++] = v;
+}
+
+/** An address field (six numbers, kernel/sockaddr.ts), or family 0 for none (`buf` null). */
+function putAddr(buf: Buffer | null): void {
+  if (buf === null) out.fill(0, outLen, outLen + 6);
+  else writeAddr(out, outLen, buf);
+  outLen += 6;
+}
 /**
  * The time, epoch ms, read once after each epoll_wait (and once after handling its events): every
  * record and counter of one batch carries it. A batch of up to MAX_EVENTS events takes a
@@ -321,14 +349,19 @@ function forget(c: Conn): void {
   if (byId.size === 0) emptyPool();
 }
 
-/** The terminal record of a connection that relayed: its last counters (FINAL_FIELDS) after `fields`. */
-function finish(c: Conn, ev: number, fields: readonly number[]): void {
+/** The terminal record of a connection that relayed: `n` fields (at most three), then its last counters (FINAL_FIELDS). */
+function finish(c: Conn, ev: number, n: number, f0 = 0, f1 = 0, f2 = 0): void {
   const base = c.base;
-  out.push(ev, c.id, fields.length + 4, ...fields, live[base + SLOT_BYTES]!, live[base + SLOT_BYTES + 1]!, live[base + SLOT_ACTIVITY]!, now);
+  rec(ev, c.id, n + 4);
+  if (n > 0) put(f0);
+  if (n > 1) put(f1);
+  if (n > 2) put(f2);
+  put(live[base + SLOT_BYTES]!);
+  put(live[base + SLOT_BYTES + 1]!);
+  put(live[base + SLOT_ACTIVITY]!);
+  put(now);
   forget(c);
 }
-
-const NO_FIELDS: readonly number[] = [];
 
 /** The connection's descriptors are about to be closed: the main thread must no longer reset them if this thread dies. */
 function disown(c: Conn): void {
@@ -341,7 +374,7 @@ function fail(c: Conn, side: number, code: number, where: number): void {
   disown(c);
   reset(c.cfd);
   reset(c.ufd);
-  finish(c, EV_FAILED, [side, code, where]);
+  finish(c, EV_FAILED, 3, side, code, where);
 }
 
 /** Asked by the main thread (timer, guard, drain): both sockets reset, or the connect abandoned. */
@@ -350,7 +383,7 @@ function release(c: Conn): void {
   if (c.phase === RELAYING) reset(c.ufd);
   else if (c.ufd >= 0) sys.close(c.ufd);
   reset(c.cfd);
-  finish(c, EV_RELEASED, NO_FIELDS);
+  finish(c, EV_RELEASED, 0);
 }
 
 /** Ends a connection that never relayed: the client gets an RST, never a clean EOF. */
@@ -358,7 +391,10 @@ function refuse(c: Conn, reason: number, code: number): void {
   disown(c);
   if (c.ufd >= 0) sys.close(c.ufd);
   reset(c.cfd);
-  out.push(EV_REFUSED, c.id, 3, reason, code, now);
+  rec(EV_REFUSED, c.id, 3);
+  put(reason);
+  put(code);
+  put(now);
   forget(c);
 }
 
@@ -384,13 +420,21 @@ function acceptFrom(li: number, lfd: number, max = 64): void {
     if (fd < 0) {
       const e = errno();
       if (e === EAGAIN || e === EINTR) return;
-      out.push(EV_ACCEPT_ERROR, 0, 3, e, li, 0);
+      acceptError(e, li, 0);
       // Out of descriptors: the listener would wake us at once, forever. Leave the backlog alone for a moment.
       if (e === EMFILE || e === ENFILE) pauseAccepting();
       return;
     }
     accepted(li, fd);
   }
+}
+
+/** EV_ACCEPT_ERROR: errno (-1: every slot taken), listener, 0 accept | 1 upstream socket. */
+function acceptError(code: number, li: number, upstream: number): void {
+  rec(EV_ACCEPT_ERROR, 0, 3);
+  put(code);
+  put(li);
+  put(upstream);
 }
 
 function pauseAccepting(): void {
@@ -407,7 +451,7 @@ function accepted(li: number, cfd: number): void {
   const slot = takeSlot();
   if (slot < 0) {
     reset(cfd);
-    out.push(EV_ACCEPT_ERROR, 0, 3, -1, li, 0);
+    acceptError(-1, li, 0);
     return;
   }
   const base = slot * SLOT_FIELDS;
@@ -423,8 +467,12 @@ function accepted(li: number, cfd: number): void {
   byId.set(c.id, c);
   byFd.set(cfd, c);
   // TCP_NODELAY came with the listener (bindRawListener).
-  out.push(EV_ACCEPTED, c.id, 16, li, now, slot, cfd);
-  pushAddr(out, addrBuf);
+  rec(EV_ACCEPTED, c.id, 16);
+  put(li);
+  put(now);
+  put(slot);
+  put(cfd);
+  putAddr(addrBuf);
   // The destination: the route's upstream, or what conntrack says the client dialled.
   let target = targets[li]!;
   let refusal = -1;
@@ -432,25 +480,25 @@ function accepted(li: number, cfd: number): void {
   if (target === null) {
     target = dstBuf;
     // A dual-stack listener's IPv4 client (::ffff:a.b.c.d) was redirected by iptables, not ip6tables.
-    const v6 = addrBuf.readUInt16LE(0) === AF_INET6 && !isMappedV4(out, out.length - 6);
+    const v6 = addrBuf.readUInt16LE(0) === AF_INET6 && !isMappedV4(out, outLen - 6);
     addrLen.writeUInt32LE(v6 ? 28 : 16, 0);
     if (sys.getsockopt(cfd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IP6T_SO_ORIGINAL_DST : SO_ORIGINAL_DST, dstBuf, addrLen) !== 0) {
       refusal = REFUSE['no-original-dst'];
       code = errno();
-      out.push(0, 0, 0, 0, 0, 0);
+      putAddr(null);
     } else {
-      pushAddr(out, dstBuf);
-      if (isLoop(cfd, out, out.length - 6)) refusal = REFUSE['loop-refused'];
+      putAddr(dstBuf);
+      if (isLoop(cfd, out, outLen - 6)) refusal = REFUSE['loop-refused'];
     }
   } else {
-    out.push(0, 0, 0, 0, 0, 0);
+    putAddr(null);
   }
   if (refusal >= 0) refuse(c, refusal, code);
   else startConnect(c, target);
 }
 
 /** An original destination that is one of our own listeners: the connection was not redirected, or it would loop. */
-function isLoop(cfd: number, a: number[], i: number): boolean {
+function isLoop(cfd: number, a: ArrayLike<number>, i: number): boolean {
   if (!ownPorts.has(a[i + 1]!)) return false;
   const dst = endpointAt(a, i);
   if (dst === null) return false;
@@ -471,7 +519,7 @@ function startConnect(c: Conn, target: Buffer): void {
     refuse(c, REFUSE['connect-error'], e);
     if (e === EMFILE || e === ENFILE) {
       // Accepting more would only reset them one by one: the backlog waits until descriptors free up.
-      out.push(EV_ACCEPT_ERROR, 0, 3, e, c.listener, 1);
+      acceptError(e, c.listener, 1);
       pauseAccepting();
     }
     return;
@@ -526,10 +574,11 @@ function onConnectDone(c: Conn, ev: number): void {
     setInt(c.cfd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
     setInt(c.ufd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
   }
-  out.push(EV_CONNECTED, c.id, 8, now, c.ufd);
+  rec(EV_CONNECTED, c.id, 8);
+  put(now);
+  put(c.ufd);
   addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
-  if (sys.getsockname(c.ufd, addrBuf, addrLen) === 0) pushAddr(out, addrBuf);
-  else out.push(0, 0, 0, 0, 0, 0);
+  putAddr(sys.getsockname(c.ufd, addrBuf, addrLen) === 0 ? addrBuf : null);
   const cerr = watch(c.cfd, c);
   if (cerr !== 0) {
     fail(c, DOWNSTREAM, cerr, FAIL_READ);
@@ -581,7 +630,10 @@ function guard(c: Conn): void {
 function keepGuarding(c: Conn, k: KeepaliveTriple): void {
   setKeepalive(c.cfd, k);
   setKeepalive(c.ufd, k);
-  out.push(EV_GUARDED, c.id, 3, k[0], k[1], k[2]);
+  rec(EV_GUARDED, c.id, 3);
+  put(k[0]);
+  put(k[1]);
+  put(k[2]);
 }
 
 function applyGuards(now: number): void {
@@ -734,13 +786,15 @@ function pump(f: Flow, ev = 0): void {
         return;
       }
       f.state = FIN_FORWARDED;
-      out.push(EV_FIN_FORWARDED, c.id, 2, f.dir, now);
+      rec(EV_FIN_FORWARDED, c.id, 2);
+      put(f.dir);
+      put(now);
       if (last) {
         // Both directions done and both sockets read to EOF: a plain close, which sends the last FIN.
         disown(c);
         sys.close(c.cfd);
         sys.close(c.ufd);
-        finish(c, EV_DONE, NO_FIELDS);
+        finish(c, EV_DONE, 0);
       }
       return;
     }
@@ -760,7 +814,9 @@ function endOfStream(f: Flow): boolean {
   }
   f.state = FIN_RECEIVED;
   live[c.base + SLOT_ACTIVITY] = now;
-  out.push(EV_FIN, c.id, 2, f.dir, now);
+  rec(EV_FIN, c.id, 2);
+  put(f.dir);
+  put(now);
   guard(c);
   return true;
 }
@@ -827,7 +883,7 @@ function onOps(ops: number[]): void {
         }
         listenerByFd.clear(); // their numbers may come back as connections' sockets
       }
-      out.push(EV_UNLISTENED, 0, 0);
+      rec(EV_UNLISTENED, 0, 0);
     }
   }
 }
@@ -849,17 +905,18 @@ const POST_BATCH = 8192;
 let lastPostAt = 0;
 
 function flushOut(now: number): void {
-  // As a Float64Array the records move to the main thread without a copy, and reading them there
-  // allocates nothing; a plain array arrives as one heap number per timestamp and IPv4 address.
-  const records = Float64Array.from(out);
+  // As a transferred Float64Array the records reach the main thread without being cloned, and
+  // reading them there allocates nothing; a plain array arrives as one heap number per timestamp
+  // and IPv4 address.
+  const records = out.slice(0, outLen);
   port.postMessage(records, [records.buffer]);
-  out.length = 0;
+  outLen = 0;
   lastPostAt = now;
 }
 
 /** How long epoll_wait may sleep: until records are due, the nearest connect deadline or keepalive, accept resumption or pool expiry. */
 function waitMs(now: number): number {
-  if (out.length > 0) return Math.max(0, lastPostAt + POST_EVERY_MS - now);
+  if (outLen > 0) return Math.max(0, lastPostAt + POST_EVERY_MS - now);
   let until = 0;
   const d = nextDeadline();
   if (d > 0) until = d;
@@ -900,7 +957,7 @@ function loop(): void {
     if (connectingHead < connecting.length) expireConnects(now);
     if (guardHead < guardQueue.length) applyGuards(now);
     if (acceptPausedUntil > 0 && now >= acceptPausedUntil) resumeAccepting();
-    if (out.length > 0 && (now - lastPostAt >= POST_EVERY_MS || out.length >= POST_BATCH)) flushOut(now);
+    if (outLen > 0 && (now - lastPostAt >= POST_EVERY_MS || outLen >= POST_BATCH)) flushOut(now);
   }
 }
 

@@ -101,6 +101,15 @@ export async function connect(port: number, host = '127.0.0.1'): Promise<net.Soc
   return s;
 }
 
+/**
+ * Connects and reads until EOF or error, without waiting for the connect first: a proxy that
+ * resets a client at once can have its RST arrive before the connect is reported, and that is a
+ * reset all the same ('reset'; a refused connect is 'ECONNREFUSED').
+ */
+export function connectAndObserve(port: number, host = '127.0.0.1'): Promise<Observed> {
+  return observe(net.connect({ port, host, allowHalfOpen: true }));
+}
+
 export interface Observed {
   data: Buffer;
   /** 'eof' (FIN read), 'reset' (ECONNRESET), or another error code. */

@@ -18,7 +18,7 @@ import { silentLogger } from '../../src/log.js';
 import { ProxyMetrics } from '../../src/admin/metrics.js';
 import { startAdminServer, type AdminServer } from '../../src/admin/server.js';
 import { HalfcloseError } from '../../src/errors.js';
-import { connect, observe, startProxy, startRouteProxy, startServer, waitFor, type TestProxy } from '../helpers/proxy.js';
+import { connect, connectAndObserve, observe, startProxy, startRouteProxy, startServer, waitFor, type TestProxy } from '../helpers/proxy.js';
 
 interface Sample {
   name: string;
@@ -269,8 +269,7 @@ test('closes are counted by reason: downstream-reset, upstream-reset, connect-re
   await gone.close();
   const st2 = await startStack(port);
   try {
-    const c = await connect(st2.px.port);
-    assert.equal((await observe(c)).end, 'reset');
+    assert.equal((await connectAndObserve(st2.px.port)).end, 'reset');
     await st2.px.closed(1);
     assert.equal(await st2.metric('halfclose_connections_closed_total', { ...L, reason: 'connect-refused' }), 1);
     assert.equal(await st2.metric('halfclose_connections_accepted_total', L), 1);

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, fdCount, observe, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
+import { connect, connectAndObserve, fdCount, observe, startRouteProxy, startServer, waitFor } from '../helpers/proxy.js';
 
 test('server FIN first: client still sends a late message, which arrives', async () => {
   let serverSaw: Promise<{ data: Buffer; end: string }> | null = null;
@@ -54,8 +54,7 @@ test('a refused upstream resets the client and is counted as connect-refused', a
   const port = up.port;
   await up.close();
   const px = await startRouteProxy(port);
-  const c = await connect(px.port);
-  const cs = await observe(c);
+  const cs = await connectAndObserve(px.port);
   assert.equal(cs.end, 'reset');
   const [entry] = await px.closed(1);
   assert.equal(entry!.reason, 'connect-refused');
