@@ -584,9 +584,13 @@ function onConnectDone(c: Conn, ev: number): void {
     fail(c, DOWNSTREAM, cerr, FAIL_READ);
     return;
   }
-  // Bytes (or a FIN) that arrived before the watch began raise no edge: look now.
-  pump(c.c2s);
-  if (c.phase === RELAYING) pump(c.s2c);
+  // The client's bytes are read now rather than one turn later (the client usually speaks first).
+  // Whatever was already there when the watch began is queued as an event by epoll_ctl itself, so
+  // a short read can stop as it does for an event: a FIN behind the bytes is reported next turn.
+  pump(c.c2s, EPOLLIN);
+  // The upstream's: this connect event's own flags say whether it had sent anything yet; what
+  // it sends later raises an edge of its own.
+  if (c.phase === RELAYING && ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pump(c.s2c, ev);
 }
 
 function expireConnects(now: number): void {
