@@ -704,15 +704,7 @@ function pump(f: Flow, ev = 0): void {
         if (sent === n && !f.bulk && ev !== 0 && (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) === 0) return;
         continue;
       }
-      if (n === 0) {
-        if (!endOfStream(f)) return;
-      } else {
-        const e = errno();
-        if (e !== EAGAIN && e !== EINTR) {
-          fail(c, f.srcSide, e, FAIL_READ);
-          return;
-        }
-      }
+      if (!readNothing(f, n)) return;
     } else if (f.state === OPEN && f.inPipe < f.limit) {
       if (f.pipe === null) {
         f.pipe = takePipe();
@@ -736,15 +728,7 @@ function pump(f: Flow, ev = 0): void {
             givePipe(f.pipe, true);
             f.pipe = null;
           }
-          if (n === 0) {
-            if (!endOfStream(f)) return;
-          } else {
-            const e = errno();
-            if (e !== EAGAIN && e !== EINTR) {
-              fail(c, f.srcSide, e, FAIL_READ);
-              return;
-            }
-          }
+          if (!readNothing(f, n)) return;
         }
       }
     }
@@ -804,6 +788,15 @@ function pump(f: Flow, ev = 0): void {
     }
     if (!progress) return;
   }
+}
+
+/** A read that moved nothing: 0 is the end of the stream, -1 an errno (EAGAIN: nothing yet). False when the connection failed. */
+function readNothing(f: Flow, n: number): boolean {
+  if (n === 0) return endOfStream(f);
+  const e = errno();
+  if (e === EAGAIN || e === EINTR) return true;
+  fail(f.conn, f.srcSide, e, FAIL_READ);
+  return false;
 }
 
 /** EOF read: the direction is fin-received, or failed (false) when a reset came after the last bytes. */
