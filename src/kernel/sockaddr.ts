@@ -39,17 +39,21 @@ export function pushAddr(out: number[], buf: Buffer): void {
 
 /** Writes the six-number form of the sockaddr at `buf` into `out` at `at`; family 0 when it is neither. */
 export function writeAddr(out: { [i: number]: number }, at: number, buf: Buffer): void {
+  // In index order, so a plain array being appended to stays packed.
   const family = buf.readUInt16LE(0);
+  if (family !== AF_INET && family !== AF_INET6) {
+    for (let k = 0; k < 6; k++) out[at + k] = 0;
+    return;
+  }
+  out[at] = family === AF_INET ? 4 : 6;
   out[at + 1] = buf.readUInt16BE(2);
-  out[at + 3] = out[at + 4] = out[at + 5] = 0;
-  if (family === AF_INET) {
-    out[at] = 4;
-    out[at + 2] = buf.readUInt32BE(4);
-  } else if (family === AF_INET6) {
-    out[at] = 6;
+  if (family === AF_INET6) {
     for (let w = 0; w < 4; w++) out[at + 2 + w] = buf.readUInt32BE(8 + 4 * w);
   } else {
-    out[at] = out[at + 1] = out[at + 2] = 0;
+    out[at + 2] = buf.readUInt32BE(4);
+    out[at + 3] = 0;
+    out[at + 4] = 0;
+    out[at + 5] = 0;
   }
 }
 
