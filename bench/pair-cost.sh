@@ -15,14 +15,7 @@ workers="$here/dist/bench/workers.js"
 cpu=$(($(nproc) - 1))
 # Ports above the ephemeral range (32768-60999), so no client connection can hold one.
 up_a=61331 up_b=61332 port_a=61333 port_b=61334
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
 
 node "$workers" echo ports=$up_a,$up_b >/dev/null 2>&1 < <(sleep 100000) &
 pids+=($!)

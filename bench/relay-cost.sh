@@ -14,14 +14,7 @@ node=$(command -v node)
 tck=$(getconf CLK_TCK)
 # Ports above the ephemeral range (32768-60999), so no client connection can hold one.
 p_echo=61311 p_iperf=61312 p_route_echo=61313 p_route_iperf=61314
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
 
 "$node" "$repo/dist/bench/workers.js" echo ports=$p_echo >/dev/null 2>&1 < <(sleep 100000) &
 pids+=($!)
