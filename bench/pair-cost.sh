@@ -8,6 +8,8 @@
 # usage: bench/pair-cost.sh A B [REPS]
 #   A, B: a built checkout of halfclose (a directory), or "haproxy" (tcp mode, nbthread 1, as
 #   make bench runs it). Prints each repetition's CPU µs per connection of both, and B/A.
+#   A_NODE_FLAGS, B_NODE_FLAGS: extra node flags for A's or B's halfclose (one build against
+#   itself with a V8 flag, say).
 set -euo pipefail
 a=$1 b=$2 reps=${3:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +23,7 @@ node "$workers" echo ports=$up_a,$up_b >/dev/null 2>&1 < <(sleep 100000) &
 pids+=($!)
 sleep 0.5
 
-# start WHAT LISTEN UPSTREAM: starts a proxy pinned to the last CPU; its pid goes to $started.
+# start WHAT LISTEN UPSTREAM [NODE_FLAGS]: starts a proxy pinned to the last CPU; its pid goes to $started.
 start() {
   if [[ $1 == haproxy ]]; then
     printf '%s\n' global '  nbthread 1' '  maxconn 9000' defaults '  mode tcp' '  maxconn 9000' \
@@ -29,7 +31,7 @@ start() {
       listen\ e "  bind 127.0.0.1:$2" "  server up 127.0.0.1:$3" >"$work/haproxy-$2.cfg"
     taskset -c $cpu haproxy -db -f "$work/haproxy-$2.cfg" >/dev/null 2>&1 &
   else
-    taskset -c $cpu node "$1/bin/halfclose" proxy --admin 127.0.0.1:0 --route 127.0.0.1:$2=127.0.0.1:$3 \
+    taskset -c $cpu node ${4:-} "$1/bin/halfclose" proxy --admin 127.0.0.1:0 --route 127.0.0.1:$2=127.0.0.1:$3 \
       >"$work/access-$2.log" 2>"$work/err-$2.log" &
   fi
   started=$!
@@ -53,9 +55,9 @@ completed() { node -e 'console.log(JSON.parse(require("fs").readFileSync(process
 
 tck=$(getconf CLK_TCK)
 for _ in $(seq "$reps"); do
-  start "$a" $port_a $up_a
+  start "$a" $port_a $up_a "${A_NODE_FLAGS:-}"
   pa=$started
-  start "$b" $port_b $up_b
+  start "$b" $port_b $up_b "${B_NODE_FLAGS:-}"
   pb=$started
   load 1500
   sleep 0.3

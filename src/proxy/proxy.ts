@@ -73,7 +73,9 @@ export class Proxy {
   constructor(config: ProxyConfig, opts: ProxyOptions) {
     this.config = config;
     this.logger = opts.logger;
-    this.accessLog = opts.accessLog ?? createAccessLog(config.accessLog);
+    this.accessLog =
+      opts.accessLog ??
+      createAccessLog(config.accessLog, (err) => this.logger.error({ accessLog: config.accessLog, err: err.code ?? err.message }, `cannot write the access log: ${err.code ?? err.message}; lines are dropped until a write succeeds`));
     this.resolverFor = opts.resolverFor;
     this.timers = new ConnectionTimers(config, (conn, reason) => this.expire(conn, reason));
     this.guard = new ConntrackGuard(config, this.logger, opts.guard);

@@ -209,6 +209,13 @@ test('--access-log FILE writes the lines to the file (directories created), not 
   assert.equal(lines[0].serverToClient.bytes, 3);
 });
 
+test('an access-log path that cannot be opened is one line and exit 2, before anything listens', async () => {
+  const notADir = file('plain-file', 'x');
+  await badInput(['--access-log', path.join(notADir, 'access.json'), '--route', '127.0.0.1:0=127.0.0.1:9'], /access log .*plain-file\/access\.json: cannot open it for appending \(ENOTDIR\)/);
+  // A parent that refuses mkdir with ENOENT (procfs) fails too, rather than retrying forever.
+  await badInput(['--access-log', '/proc/halfclose-no-such-dir/access.json', '--route', '127.0.0.1:0=127.0.0.1:9'], /cannot open it for appending \(ENOENT\)/);
+});
+
 /** An echo server on 127.0.0.1:0. */
 async function echoServer(t: TestContext): Promise<number> {
   const upstream = net.createServer({ allowHalfOpen: true }, (s) => {
