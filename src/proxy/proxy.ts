@@ -38,6 +38,8 @@ export interface ProxyOptions {
   resolverFor?: (l: ListenerConfig) => DestinationResolver;
   /** Overrides for the conntrack guard (tests: a fake CLOSE_WAIT source, faster polling). */
   guard?: GuardOptions;
+  /** Replaces the splice relay's worker module (bench/books-cost.ts: a stand-in that sends records without sockets). */
+  spliceWorkerUrl?: URL;
 }
 
 export class Proxy {
@@ -60,6 +62,7 @@ export class Proxy {
   /** One per pending drain(): a second drain (SIGTERM after POST /drain, a second signal) must not orphan the first. */
   private readonly whenEmpty = new Set<() => void>();
   private readonly resolverFor: ((l: ListenerConfig) => DestinationResolver) | undefined;
+  private readonly spliceWorkerUrl: URL | undefined;
   /** One for every connection (the relay passes the connection), not two closures per connection. */
   private readonly relayEvents: RelayEvents = {
     halfClosed: (c, dir) => {
@@ -77,6 +80,7 @@ export class Proxy {
       opts.accessLog ??
       createAccessLog(config.accessLog, (err) => this.logger.error({ accessLog: config.accessLog, err: err.code ?? err.message }, `cannot write the access log: ${err.code ?? err.message}; lines are dropped until a write succeeds`));
     this.resolverFor = opts.resolverFor;
+    this.spliceWorkerUrl = opts.spliceWorkerUrl;
     this.timers = new ConnectionTimers(config, (conn, reason) => this.expire(conn, reason));
     this.guard = new ConntrackGuard(config, this.logger, opts.guard);
     this.observe(this.guard);
@@ -165,6 +169,7 @@ export class Proxy {
         halfClosed: this.guard.status().halfClosed,
         established: this.guard.status().established,
         userTimeoutMs: this.config.userTimeoutMs,
+        ...(this.spliceWorkerUrl ? { workerUrl: this.spliceWorkerUrl } : {}),
       });
     } catch (err) {
       this.closeRaw();
