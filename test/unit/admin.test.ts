@@ -595,3 +595,24 @@ test('docs/metrics.md documents every halfclose_* metric and every close reason'
     await up.close();
   }
 });
+
+test('histograms: an observation on a bound counts in that bucket, one above the last bound only in +Inf, count and sum', async () => {
+  const config = resolveConfig({ listeners: [{ kind: 'route', name: 'web', listen: '127.0.0.1:0', upstream: '127.0.0.1:9' }], admin: { address: 'off' } }, 'test');
+  const proxy = new Proxy(config, { logger: silentLogger(), accessLog: { write() {}, flush() {} }, guard: { readCloseWait: () => 60 } });
+  const m = new ProxyMetrics(proxy, { processMetrics: false });
+  const listener = config.listeners[0]!;
+  // Connect times of 0.5 ms (the first bound, exactly), 0.6 ms and 20 s (above the last bound, 10 s).
+  for (const ms of [0.5, 0.6, 20_000]) m.connected({ listener, startedAt: 1000, connectedAt: 1000 + ms } as Parameters<ProxyMetrics['connected']>[0]);
+  const samples = parseExposition(await m.exposition()).filter((s) => s.name.startsWith('halfclose_upstream_connect_seconds') && s.labels.listener === 'web');
+  const bucket = (le: string) => samples.find((s) => s.name === 'halfclose_upstream_connect_seconds_bucket' && s.labels.le === le)?.value;
+  assert.equal(bucket('0.0005'), 1);
+  assert.equal(bucket('0.001'), 2);
+  assert.equal(bucket('10'), 2);
+  assert.equal(bucket('+Inf'), 3);
+  assert.equal(samples.find((s) => s.name === 'halfclose_upstream_connect_seconds_count')?.value, 3);
+  assert.ok(Math.abs(samples.find((s) => s.name === 'halfclose_upstream_connect_seconds_sum')!.value - 20.0011) < 1e-9);
+  // The registry's reset (prom-client's resetMetrics) empties them.
+  m.registry.resetMetrics();
+  const after = parseExposition(await m.exposition()).filter((s) => s.name === 'halfclose_upstream_connect_seconds_count');
+  assert.deepEqual(after.map((s) => s.value), [0]);
+});
