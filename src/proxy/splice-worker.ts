@@ -889,15 +889,17 @@ function onOps(ops: number[]): void {
 const POOL_IDLE_MS = 1000;
 
 /**
- * Records go to the main thread at most every 10 ms (or sooner when many wait): a message costs
+ * Records go to the main thread at most every 20 ms (or sooner when many wait): a message costs
  * the worker about as much as relaying a short connection, plus a switch to the main thread and
- * back on a shared core, and nothing on the data path waits for the main thread, which only keeps
- * the books (every record carries the time of its event). Under load one message carries dozens of
- * connections' records; when the worker goes idle the last ones leave within 10 ms.
+ * back on a shared core, and the main thread's turn for it (its event machinery, one access-log
+ * write), while nothing on the data path waits for the main thread, which only keeps the books
+ * (every record carries the time of its event). Under load one message carries dozens of
+ * connections' records; when the worker goes idle the last ones leave within 20 ms.
  * (bench/relay-cost.sh conn, CPU s per 1,000 connections: every 1 ms 0.154 against 0.142 every
- * 4 ms; every 4 ms 0.161 against 0.144 every 10 ms, medians of 10 alternating runs.)
+ * 4 ms; every 4 ms 0.161 against 0.144 every 10 ms, medians of 10 alternating runs;
+ * bench/pair-cost.sh, every 20 ms against every 10: 0.978, 0.993, 0.949, 0.955.)
  */
-const POST_EVERY_MS = 10;
+const POST_EVERY_MS = 20;
 const POST_BATCH = 8192;
 let lastPostAt = 0;
 

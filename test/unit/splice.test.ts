@@ -168,7 +168,7 @@ test('a worker that dies: its connections are reset on both sides and logged, an
   c.write('x');
   await waitFor(() => px.proxy.registry.size === 1 && [...px.proxy.registry.all()][0]!.offload !== null, 2000, 'a spliced connection');
   // Killed as soon as the upstream has accepted: the worker may not have reported the connect yet
-  // (its records go out every 10 ms), and its upstream socket must be reset all the same.
+  // (its records go out every 20 ms), and its upstream socket must be reset all the same.
   await waitFor(() => upstreams.length === 1, 2000, 'the upstream connection');
   // The worker thread goes away as a crash would take it. It sleeps in epoll_wait, where a
   // terminate() cannot reach it: a wake-up brings it back to JavaScript, where it stops.
