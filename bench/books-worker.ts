@@ -60,22 +60,22 @@ function advance(c: Fake, now: number): boolean {
         live.fill(0, base, base + SLOT_FIELDS);
         live[base + SLOT_ACTIVITY] = c.at;
         live[base + SLOT_FDS] = 1; // "fd 0": never reset by anyone, there is no socket
-        out.push(EV_ACCEPTED, c.id, 16, 0, c.at, c.slot, 1000, ...addr(ephemeral()), 0, 0, 0, 0, 0, 0);
-        out.push(EV_CONNECTED, c.id, 8, c.at, 1001, ...addr(ephemeral()));
+        out.push(EV_ACCEPTED, c.id, c.slot, 16, 0, c.at, c.slot, 1000, ...addr(ephemeral()), 0, 0, 0, 0, 0, 0);
+        out.push(EV_CONNECTED, c.id, c.slot, 8, c.at, 1001, ...addr(ephemeral()));
         break;
       case 1:
         if (c.at + 1 > now) return false;
         live[base + SLOT_BYTES] = 15;
         live[base + SLOT_ACTIVITY] = c.at + 1;
-        out.push(EV_FIN, c.id, 2, 0, c.at + 1, EV_FIN_FORWARDED, c.id, 2, 0, c.at + 1);
+        out.push(EV_FIN, c.id, c.slot, 2, 0, c.at + 1, EV_FIN_FORWARDED, c.id, c.slot, 2, 0, c.at + 1);
         break;
       case 2: {
         const end = c.at + lifeMs;
         if (end > now) return false;
         live[base + SLOT_BYTES + 1] = 15;
         live[base + SLOT_ACTIVITY] = end;
-        out.push(EV_FIN, c.id, 2, 1, end, EV_FIN_FORWARDED, c.id, 2, 1, end);
-        out.push(EV_DONE, c.id, 4, 15, 15, end, end);
+        out.push(EV_FIN, c.id, c.slot, 2, 1, end, EV_FIN_FORWARDED, c.id, c.slot, 2, 1, end);
+        out.push(EV_DONE, c.id, c.slot, 4, 15, 15, end, end);
         live[base + SLOT_FDS] = 0;
         freeSlots.push(c.slot);
         return true;
@@ -93,7 +93,7 @@ function tick(): void {
   }
   for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
     const ops = m.message as number[];
-    for (let i = 0; i + 3 <= ops.length; i += 3 + ops[i + 2]!) if (ops[i] === OP_UNLISTEN) out.push(EV_UNLISTENED, 0, 0);
+    for (let i = 0; i + 3 <= ops.length; i += 3 + ops[i + 2]!) if (ops[i] === OP_UNLISTEN) out.push(EV_UNLISTENED, 0, -1, 0);
   }
   const now = Date.now();
   owed += ((now - last) * rate) / 1000;

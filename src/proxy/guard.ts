@@ -198,11 +198,13 @@ export class ConntrackGuard implements ProxyObserver {
     const k = this.plan.halfClosed;
     // A second FIN (the other direction) finds the connection already guarded.
     if (k === null || this.guarded.has(conn) || conn.reason !== null) return;
-    this.guarded.add(conn);
     // The splice relay's worker owns its connections' sockets: it sets this keepalive itself
     // (onHalfClosedChange tells it the values) and reports it, which sets conn.keepalive. It also
-    // sees an RST on a socket past EOF at once, so only Node's sockets need the sweep.
+    // sees an RST on a socket past EOF at once, so only Node's sockets are kept here for the sweep
+    // (and a set that every connection entered and left was, by itself, young-generation garbage
+    // kept alive: src/util/dense-set.ts).
     if (conn.client === null) return;
+    this.guarded.add(conn);
     this.applyKeepalive(conn, k);
     if (this.sweepTimer === null) this.startSweep();
   }

@@ -313,7 +313,7 @@ export class Proxy {
   }
 
   private finish(conn: Connection): void {
-    if (this.registry.get(conn.id) !== conn) return;
+    if (!this.registry.has(conn)) return;
     conn.closedAt ||= Date.now();
     this.timers.disarm(conn);
     this.registry.remove(conn);

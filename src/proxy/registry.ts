@@ -4,6 +4,7 @@
 import type net from 'node:net';
 import type { ListenerConfig } from '../config/schema.js';
 import type { ClientAddr, Endpoint, OriginalDst, UpstreamAddr } from '../util/address.js';
+import { DenseSet } from '../util/dense-set.js';
 import { SLOT_ACTIVITY, SLOT_BYTES, SLOT_HELD, SLOT_PAUSED } from './splice-protocol.js';
 
 /** Why a connection ended. Exactly one per connection, logged once and counted once. */
@@ -187,6 +188,11 @@ export class Connection {
   keepaliveIdleMs = 0;
   /** Error text when a socket failed (code and syscall), for the access log. */
   error: string | null = null;
+  /** Positions in the sets that hold the connection (DenseSet), -1 outside them: the registry's, the far timers'. */
+  registryIndex = -1;
+  farIndex = -1;
+  /** The splice relay's slot for the connection (its shared counters), -1 when it does not hold it. */
+  spliceSlot = -1;
 
   constructor(id: number, listener: ListenerConfig, client: net.Socket | null, clientAddr: ClientAddr, now: number) {
     this.id = id;
@@ -286,27 +292,28 @@ function listenerJSON(l: ListenerConfig): string {
   return t;
 }
 
-/** Live connections by id. */
+/** Live connections. */
 export class Registry {
-  private readonly live = new Map<number, Connection>();
+  private readonly live = new DenseSet<Connection>({ get: (c) => c.registryIndex, set: (c, i) => (c.registryIndex = i) });
   private nextId = 1;
 
   allocateId(): number {
     return this.nextId++;
   }
   add(c: Connection): void {
-    this.live.set(c.id, c);
+    this.live.add(c);
   }
   remove(c: Connection): void {
-    this.live.delete(c.id);
+    this.live.delete(c);
+  }
+  has(c: Connection): boolean {
+    return this.live.has(c);
   }
   get size(): number {
     return this.live.size;
   }
-  get(id: number): Connection | undefined {
-    return this.live.get(id);
-  }
-  all(): IterableIterator<Connection> {
-    return this.live.values();
+  /** The live connections now (a copy: connections may end while the caller goes through them). */
+  all(): Connection[] {
+    return this.live.snapshot();
   }
 }

@@ -1,9 +1,10 @@
 // What the proxy's main thread and the splice relay's worker thread tell each other. Both sides
-// send flat runs of numbers, one record after another (the worker's as a transferred Float64Array,
-// the main thread's rare operations as an array): [kind, id, n, ...n
-// fields]. Addresses travel in the six-number form of kernel/sockaddr.ts.
+// send flat runs of numbers, one record after another: the worker's as a transferred
+// Float64Array, [kind, id, slot, n, ...n fields] (slot: the connection's slot of shared counters,
+// -1 for a record about no connection), the main thread's rare operations as an array, [op, id,
+// n, ...n fields]. Addresses travel in the six-number form of kernel/sockaddr.ts.
 
-/** Main -> worker: stop relaying connection `id` and reset both of its sockets; answered by EV_RELEASED. No fields. */
+/** Main -> worker: stop relaying connection `id` and reset both of its sockets; answered by EV_RELEASED. Fields: [slot]. */
 export const OP_RELEASE = 1;
 /** Main -> worker: the guard's keepalive for half-closed connections changed. Fields: [idleSec, intervalSec, count], all 0 for off. */
 export const OP_KEEPALIVE = 2;

@@ -177,14 +177,15 @@ const optVal = Buffer.alloc(8);
 let out = new Float64Array(8192);
 let outLen = 0;
 
-function rec(kind: number, id: number, n: number): void {
-  if (outLen + 3 + n > out.length) {
-    const bigger = new Float64Array(Math.max(out.length * 2, outLen + 3 + n));
+function rec(kind: number, c: Conn | null, n: number): void {
+  if (outLen + 4 + n > out.length) {
+    const bigger = new Float64Array(Math.max(out.length * 2, outLen + 4 + n));
     bigger.set(out.subarray(0, outLen));
     out = bigger;
   }
   out[outLen++] = kind;
-  out[outLen++] = id;
+  out[outLen++] = c === null ? 0 : c.id;
+  out[outLen++] = c === null ? -1 : c.slot;
   out[outLen++] = n;
 }
 
@@ -320,9 +321,14 @@ class Conn {
   ) {}
 }
 
-/** Connections by any of their descriptors, and by id (for the main thread's operations). */
-const byFd = new Map<number, Conn>();
-const byId = new Map<number, Conn>();
+/**
+ * Connections by either of their descriptors, and by slot (the main thread names a connection by
+ * its slot and id). Plain arrays, written in place: a Map that gains and loses entries per
+ * connection keeps abandoned tables that hold dead connections alive (src/util/dense-set.ts).
+ */
+const byFd: (Conn | null)[] = [];
+const bySlot: (Conn | null)[] = [];
+let liveCount = 0;
 const freeSlots: number[] = [];
 let nextSlot = 0;
 let nextId = 1;
@@ -364,6 +370,11 @@ class ConnQueue {
 /** Connects waiting for an answer, oldest first (one timeout for all, so deadlines are in order). */
 const connecting = new ConnQueue();
 
+function setFd(fd: number, c: Conn | null): void {
+  while (byFd.length <= fd) byFd.push(null);
+  byFd[fd] = c;
+}
+
 function takeSlot(): number {
   return freeSlots.pop() ?? (nextSlot < data.maxSlots ? nextSlot++ : -1);
 }
@@ -377,19 +388,20 @@ function returnPipe(f: Flow): void {
 /** Out of every map, its pipes back, its slot free: nothing here refers to the connection any more. */
 function forget(c: Conn): void {
   c.phase = CLOSED;
-  byId.delete(c.id);
-  byFd.delete(c.cfd);
-  if (c.ufd >= 0) byFd.delete(c.ufd);
+  bySlot[c.slot] = null;
+  liveCount--;
+  setFd(c.cfd, null);
+  if (c.ufd >= 0) setFd(c.ufd, null);
   if (c.c2s !== null) returnPipe(c.c2s);
   if (c.s2c !== null) returnPipe(c.s2c);
   freeSlots.push(c.slot);
-  if (byId.size === 0) emptyPool();
+  if (liveCount === 0) emptyPool();
 }
 
 /** The terminal record of a connection that relayed: `n` fields (at most three), then its last counters (FINAL_FIELDS). */
 function finish(c: Conn, ev: number, n: number, f0 = 0, f1 = 0, f2 = 0): void {
   const base = c.base;
-  rec(ev, c.id, n + 4);
+  rec(ev, c, n + 4);
   if (n > 0) put(f0);
   if (n > 1) put(f1);
   if (n > 2) put(f2);
@@ -428,7 +440,7 @@ function refuse(c: Conn, reason: number, code: number): void {
   disown(c);
   if (c.ufd >= 0) sys.close(c.ufd);
   reset(c.cfd);
-  rec(EV_REFUSED, c.id, 3);
+  rec(EV_REFUSED, c, 3);
   put(reason);
   put(code);
   put(now);
@@ -468,7 +480,7 @@ function acceptFrom(li: number, lfd: number, max = 64): void {
 
 /** EV_ACCEPT_ERROR: errno (-1: every slot taken), listener, 0 accept | 1 upstream socket. */
 function acceptError(code: number, li: number, upstream: number): void {
-  rec(EV_ACCEPT_ERROR, 0, 3);
+  rec(EV_ACCEPT_ERROR, null, 3);
   put(code);
   put(li);
   put(upstream);
@@ -501,10 +513,12 @@ function accepted(li: number, cfd: number): void {
   live[base + SLOT_FDS] = cfd + 1;
   live[base + SLOT_FDS + 1] = 0;
   const c = new Conn(nextId++, cfd, slot, base, li);
-  byId.set(c.id, c);
-  byFd.set(cfd, c);
+  while (bySlot.length <= slot) bySlot.push(null);
+  bySlot[slot] = c;
+  liveCount++;
+  setFd(cfd, c);
   // TCP_NODELAY came with the listener (bindRawListener).
-  rec(EV_ACCEPTED, c.id, 16);
+  rec(EV_ACCEPTED, c, 16);
   put(li);
   put(now);
   put(slot);
@@ -576,7 +590,7 @@ function startConnect(c: Conn, target: Buffer): void {
       return;
     }
   }
-  byFd.set(ufd, c);
+  setFd(ufd, c);
   const werr = watch(ufd, c);
   if (werr !== 0) {
     refuse(c, REFUSE['connect-error'], werr);
@@ -611,7 +625,7 @@ function onConnectDone(c: Conn, ev: number): void {
     setInt(c.cfd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
     setInt(c.ufd, IPPROTO_TCP, TCP_USER_TIMEOUT, userTimeoutMs);
   }
-  rec(EV_CONNECTED, c.id, 8);
+  rec(EV_CONNECTED, c, 8);
   put(now);
   put(c.ufd);
   addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
@@ -665,7 +679,7 @@ function guard(c: Conn): void {
 function keepGuarding(c: Conn, k: KeepaliveTriple): void {
   setKeepalive(c.cfd, k);
   setKeepalive(c.ufd, k);
-  rec(EV_GUARDED, c.id, 3);
+  rec(EV_GUARDED, c, 3);
   put(k[0]);
   put(k[1]);
   put(k[2]);
@@ -801,7 +815,7 @@ function pump(f: Flow, ev = 0): void {
         return;
       }
       f.state = FIN_FORWARDED;
-      rec(EV_FIN_FORWARDED, c.id, 2);
+      rec(EV_FIN_FORWARDED, c, 2);
       put(f.dir);
       put(now);
       if (last) {
@@ -838,7 +852,7 @@ function endOfStream(f: Flow): boolean {
   }
   f.state = FIN_RECEIVED;
   live[c.base + SLOT_ACTIVITY] = now;
-  rec(EV_FIN, c.id, 2);
+  rec(EV_FIN, c, 2);
   put(f.dir);
   put(now);
   guard(c);
@@ -864,8 +878,8 @@ function hold(f: Flow, from: number, len: number): boolean {
 }
 
 function onSocket(fd: number, tag: number, ev: number): void {
-  const c = byFd.get(fd);
-  if (c === undefined || tagOf(c) !== tag) return; // a socket closed earlier in this batch
+  const c = fd < byFd.length ? byFd[fd]! : null;
+  if (c === null || tagOf(c) !== tag) return; // a socket closed earlier in this batch
   if (c.phase === CONNECTING) {
     if (fd === c.ufd && ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) onConnectDone(c, ev);
     return;
@@ -886,14 +900,14 @@ function onOps(ops: number[]): void {
     const op = ops[i]!;
     if (op === OP_RELEASE) {
       // Not here any more (failed, done, refused) means its terminal record is already on its way.
-      const c = byId.get(ops[i + 1]!);
-      if (c !== undefined) release(c);
+      const c = bySlot[ops[i + 3]!];
+      if (c != null && c.id === ops[i + 1]) release(c);
     } else if (op === OP_KEEPALIVE) {
       const k: KeepaliveTriple = [ops[i + 3]!, ops[i + 4]!, ops[i + 5]!];
       halfClosedKeepalive = k[0] > 0 ? k : null;
       // Connections already half-closed would keep probing at the old pace and could lose their entries.
       if (halfClosedKeepalive !== null) {
-        for (const c of byId.values()) if (c.guarded && c.phase === RELAYING) keepGuarding(c, halfClosedKeepalive);
+        for (const c of bySlot) if (c !== null && c.guarded && c.phase === RELAYING) keepGuarding(c, halfClosedKeepalive);
       }
     } else if (op === OP_UNLISTEN) {
       if (listening) {
@@ -907,7 +921,7 @@ function onOps(ops: number[]): void {
         }
         listenerByFd.clear(); // their numbers may come back as connections' sockets
       }
-      rec(EV_UNLISTENED, 0, 0);
+      rec(EV_UNLISTENED, null, 0);
     }
   }
 }
@@ -989,12 +1003,13 @@ function loop(): void {
 
 /** On exit: every connection reset, every listener and pipe closed. */
 function closeAll(): void {
-  for (const c of byId.values()) {
+  for (const c of bySlot) {
+    if (c === null) continue;
     if (c.ufd >= 0) reset(c.ufd);
     reset(c.cfd);
   }
-  byId.clear();
-  byFd.clear();
+  bySlot.length = 0;
+  byFd.length = 0;
   if (listening) for (const l of listeners) sys.close(l.fd);
   emptyPool();
   sys.close(epfd);

@@ -102,8 +102,14 @@ export class SpliceRelay implements Offload {
   private readonly ctrl: Int32Array;
   private readonly host: SpliceHost;
   private readonly listeners: readonly RawListener[];
-  /** Connections the worker holds, by id. */
-  private readonly conns = new Map<number, Connection>();
+  /**
+   * Connections the worker holds, by slot (the worker's records name both slot and id). An array
+   * written in place, not a Map: one that gains and loses an entry per connection keeps its
+   * abandoned tables, and the dead connections they list, alive through young collections
+   * (src/util/dense-set.ts).
+   */
+  private readonly bySlot: (Connection | null)[] = [];
+  private held = 0;
   /** Ids asked to be released (OP_RELEASE sent). */
   private readonly releasing = new Set<number>();
   private ops: number[] = [];
@@ -177,14 +183,18 @@ export class SpliceRelay implements Offload {
 
   /** Connections the worker holds. */
   get size(): number {
-    return this.conns.size;
+    return this.held;
+  }
+
+  private holds(conn: Connection): boolean {
+    return conn.spliceSlot >= 0 && this.bySlot[conn.spliceSlot] === conn;
   }
 
   /** Offload: the connection is ending here (timer, guard, drain); the worker resets both sockets. */
   release(conn: Connection): void {
-    if (!this.conns.has(conn.id) || this.releasing.has(conn.id)) return;
+    if (!this.holds(conn) || this.releasing.has(conn.id)) return;
     this.releasing.add(conn.id);
-    this.post(OP_RELEASE, conn.id, []);
+    this.post(OP_RELEASE, conn.id, [conn.spliceSlot]);
   }
 
   /** The guard's keepalive for half-closed connections changed: new first FINs and those already guarded get it. */
@@ -237,10 +247,10 @@ export class SpliceRelay implements Offload {
   }
 
   private onEvents(evs: Float64Array): void {
-    for (let i = 0; i + 3 <= evs.length; i += 3 + evs[i + 2]!) {
+    for (let i = 0; i + 4 <= evs.length; i += 4 + evs[i + 3]!) {
       const kind = evs[i]!;
       const id = evs[i + 1]!;
-      const f = i + 3;
+      const f = i + 4;
       if (kind === EV_ACCEPTED) {
         this.accepted(id, evs, f);
         continue;
@@ -253,8 +263,8 @@ export class SpliceRelay implements Offload {
         this.acceptError(evs[f]!, evs[f + 1]!, evs[f + 2] === 1);
         continue;
       }
-      const conn = this.conns.get(id);
-      if (conn === undefined) continue;
+      const conn = this.bySlot[evs[i + 2]!];
+      if (conn == null || conn.id !== id) continue;
       switch (kind) {
         case EV_CONNECTED:
           conn.connectedAt = evs[f]!;
@@ -334,7 +344,11 @@ export class SpliceRelay implements Offload {
     }
     conn.follow(this.live, evs[f + 2]! * SLOT_FIELDS);
     conn.offload = this;
-    this.conns.set(id, conn);
+    const slot = evs[f + 2]!;
+    while (this.bySlot.length <= slot) this.bySlot.push(null);
+    this.bySlot[slot] = conn;
+    conn.spliceSlot = slot;
+    this.held++;
     this.host.accepted(conn);
   }
 
@@ -347,7 +361,11 @@ export class SpliceRelay implements Offload {
   }
 
   private end(conn: Connection): void {
-    this.conns.delete(conn.id);
+    if (this.holds(conn)) {
+      this.bySlot[conn.spliceSlot] = null;
+      this.held--;
+    }
+    conn.spliceSlot = -1;
     this.releasing.delete(conn.id);
     this.host.finished(conn);
   }
@@ -378,7 +396,7 @@ export class SpliceRelay implements Offload {
     if (this.stopped) return;
     this.stopped = true;
     process.removeListener('exit', this.onExit);
-    this.opts.logger.error({ err: err.message, connections: this.conns.size }, 'splice relay worker failed; its connections are reset');
+    this.opts.logger.error({ err: err.message, connections: this.held }, 'splice relay worker failed; its connections are reset');
     // The descriptors belong to the process, not the thread: reset what the worker left open, by
     // its own shared account (a connection it accepted or connected in its last few milliseconds
     // may not have been reported yet).
@@ -397,7 +415,7 @@ export class SpliceRelay implements Offload {
 
   /** Finishes every connection still held (the worker is gone and has reset them). */
   private finishAll(why: string): void {
-    for (const conn of [...this.conns.values()]) {
+    for (const conn of this.bySlot.filter((c): c is Connection => c !== null)) {
       this.settle(conn, conn.c2s.bytes, conn.s2c.bytes, conn.lastActivityAt);
       if (conn.reason === null) {
         conn.error ??= why;

@@ -3,6 +3,7 @@
 // timer fires it recomputes the nearest deadline and either ends the connection or sleeps again.
 // No timer is touched on the data path.
 
+import { DenseSet } from '../util/dense-set.js';
 import type { CloseReason, Connection } from './registry.js';
 
 export interface TimerSettings {
@@ -56,7 +57,7 @@ const FAR_SWEEP_MS = 1000;
 
 export class ConnectionTimers {
   private readonly timers = new Map<number, NodeJS.Timeout>();
-  private readonly far = new Set<Connection>();
+  private readonly far = new DenseSet<Connection>({ get: (c) => c.farIndex, set: (c, i) => (c.farIndex = i) });
   private sweeper: NodeJS.Timeout | null = null;
   /** One callback for every timer (the connection rides as its argument): no closure per connection. */
   private readonly onTimer = (conn: Connection): void => this.fire(conn);
@@ -101,7 +102,7 @@ export class ConnectionTimers {
   /** Far deadlines that came near get their own timer. */
   private sweep(): void {
     const now = Date.now();
-    for (const conn of this.far) {
+    for (const conn of this.far.snapshot()) {
       const at = nextDeadlineAt(conn, this.settings);
       if (at !== 0 && at > now + FAR_MS + FAR_SWEEP_MS) continue;
       this.far.delete(conn);

@@ -27,16 +27,20 @@ async function setup(timeouts: Record<string, string>) {
   const pairs: Pair[] = [];
   const open = async (): Promise<Pair> => {
     const n = accepted.length;
+    const newest = (): number => Math.max(0, ...px.proxy.registry.all().map((c) => c.id));
+    const before = newest();
     const client = await connect(px.port);
     const clientSaw = observe(client);
-    await waitFor(() => accepted.length > n, 5000, 'upstream accept');
-    const id = Math.max(...[...px.proxy.registry.all()].map((c) => c.id));
+    // The upstream can accept before the proxy's books have the connection (the splice relay's
+    // records reach them every 20 ms): its id is the one the registry learns of next.
+    await waitFor(() => accepted.length > n && newest() > before, 5000, 'upstream accept and the registry entry');
+    const id = newest();
     const p = { client, server: accepted[n]!, clientSaw, id };
     pairs.push(p);
     return p;
   };
   const entry = (p: Pair): LoggedConnection | undefined => px.log.find((e) => e.id === p.id);
-  const live = (p: Pair): boolean => px.proxy.registry.get(p.id) !== undefined;
+  const live = (p: Pair): boolean => px.proxy.registry.all().some((c) => c.id === p.id);
   /** Sends a byte each way every 100 ms until stopped: never idle. */
   const busy = (p: Pair): (() => void) => {
     const t = setInterval(() => {
