@@ -114,7 +114,13 @@ test('metrics and /connections follow a connection: open, half-closed by the ser
     c.write('ping'); // 4 bytes client -> server
     await waitFor(() => upSock !== null, 2000, 'upstream accept');
     upSock!.write('pong!'); // 5 bytes server -> client
-    await waitFor(async () => (await st.metric('halfclose_bytes_total', { ...L, direction: 'server-to-client' })) === 5, 2000, 's2c bytes counted');
+    // Bytes are read from shared counters at once; the connect reaches the books with the
+    // worker's next batch of records (every 20 ms), which can come after the accept's.
+    await waitFor(
+      async () => (await st.metric('halfclose_bytes_total', { ...L, direction: 'server-to-client' })) === 5 && (await st.metric('halfclose_connections_active', { ...L, state: 'open' })) === 1,
+      2000,
+      's2c bytes counted, the connect in the books',
+    );
     assert.equal(await st.metric('halfclose_bytes_total', { ...L, direction: 'client-to-server' }), 4);
     assert.equal(await st.metric('halfclose_connections_accepted_total', L), 1);
     assert.equal(await st.metric('halfclose_connections_active', { ...L, state: 'open' }), 1);
