@@ -60,7 +60,7 @@ function advance(c: Fake, now: number): boolean {
         live.fill(0, base, base + SLOT_FIELDS);
         live[base + SLOT_ACTIVITY] = c.at;
         live[base + SLOT_FDS] = 1; // "fd 0": never reset by anyone, there is no socket
-        out.push(EV_ACCEPTED, c.id, c.slot, 16, 0, c.at, c.slot, 1000, ...addr(ephemeral()), 0, 0, 0, 0, 0, 0);
+        out.push(EV_ACCEPTED, c.id, c.slot, 15, 0, c.at, 1000, ...addr(ephemeral()), 0, 0, 0, 0, 0, 0);
         out.push(EV_CONNECTED, c.id, c.slot, 8, c.at, 1001, ...addr(ephemeral()));
         break;
       case 1:

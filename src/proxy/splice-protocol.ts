@@ -12,8 +12,8 @@ export const OP_KEEPALIVE = 2;
 export const OP_UNLISTEN = 3;
 
 /**
- * A client was accepted. Fields: [listener index, epoch ms, slot, client fd, client address (6),
- * target address (6)]. The target is the original destination for an original-destination
+ * A client was accepted (in the slot its header names). Fields: [listener index, epoch ms, client
+ * fd, client address (6), target address (6)]. The target is the original destination for an original-destination
  * listener, family 0 for a route (its fixed upstream).
  */
 export const EV_ACCEPTED = 1;

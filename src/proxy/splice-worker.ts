@@ -518,10 +518,9 @@ function accepted(li: number, cfd: number): void {
   liveCount++;
   setFd(cfd, c);
   // TCP_NODELAY came with the listener (bindRawListener).
-  rec(EV_ACCEPTED, c, 16);
+  rec(EV_ACCEPTED, c, 15);
   put(li);
   put(now);
-  put(slot);
   put(cfd);
   putAddr(addrBuf);
   // The destination: the route's upstream, or what conntrack says the client dialled.

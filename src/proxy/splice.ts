@@ -252,7 +252,7 @@ export class SpliceRelay implements Offload {
       const id = evs[i + 1]!;
       const f = i + 4;
       if (kind === EV_ACCEPTED) {
-        this.accepted(id, evs, f);
+        this.accepted(id, evs[i + 2]!, evs, f);
         continue;
       }
       if (kind === EV_UNLISTENED) {
@@ -332,19 +332,18 @@ export class SpliceRelay implements Offload {
     }
   }
 
-  private accepted(id: number, evs: Float64Array, f: number): void {
+  private accepted(id: number, slot: number, evs: Float64Array, f: number): void {
     const l = this.listeners[evs[f]!]!.config;
-    const conn = new Connection(id, l, null, endpointAt(evs, f + 4)!, evs[f + 1]!);
-    conn.clientFd = evs[f + 3]!;
+    const conn = new Connection(id, l, null, endpointAt(evs, f + 3)!, evs[f + 1]!);
+    conn.clientFd = evs[f + 2]!;
     if (l.kind === 'route') conn.target = l.upstream;
     else {
-      const dst = endpointAt(evs, f + 10);
+      const dst = endpointAt(evs, f + 9);
       conn.target = dst;
       conn.originalDst = dst;
     }
-    conn.follow(this.live, evs[f + 2]! * SLOT_FIELDS);
+    conn.follow(this.live, slot * SLOT_FIELDS);
     conn.offload = this;
-    const slot = evs[f + 2]!;
     while (this.bySlot.length <= slot) this.bySlot.push(null);
     this.bySlot[slot] = conn;
     conn.spliceSlot = slot;
