@@ -64,7 +64,10 @@ export function libcCalls(): Libc {
   return libc;
 }
 
-export const errno = (): number => koffi.errno();
+// Taken off koffi's exports once: that object is a dictionary, and a property looked up in it on
+// every EAGAIN cost a hash lookup each time.
+const koffiErrno = koffi.errno;
+export const errno = (): number => koffiErrno();
 
 // struct epoll_event is packed on x86-64 (12 bytes), naturally aligned elsewhere (16).
 export const EPOLL_EVENT_SIZE = process.arch === 'x64' ? 12 : 16;

@@ -5,7 +5,7 @@
 import net from 'node:net';
 import os from 'node:os';
 import koffi from 'koffi';
-import { libcCalls } from './libc.js';
+import { errno, libcCalls } from './libc.js';
 import { HalfcloseError, SockoptError } from '../errors.js';
 import type { OriginalDst } from '../util/address.js';
 
@@ -32,10 +32,14 @@ const sys = libcCalls;
 // Scratch memory for the calls below. They are synchronous and JavaScript runs one at a time, so
 // one buffer each serves every call; koffi passes a Buffer as a plain pointer, with no marshalling
 // of an in/out array (about 0.5 µs a call instead of 1.25, and a proxied connection makes several).
-const intVal = Buffer.alloc(4);
-const optLen = Buffer.alloc(4);
+// Each is also seen through a typed view of its memory: a plain element store or load, where
+// Buffer's writeInt32LE and friends check their arguments on every call.
+const intWord = new Int32Array(1);
+const intVal = Buffer.from(intWord.buffer);
+const lenWord = new Uint32Array(1);
+const optLen = Buffer.from(lenWord.buffer);
 function len(n: number): Buffer {
-  optLen.writeUInt32LE(n);
+  lenWord[0] = n;
   return optLen;
 }
 
@@ -54,7 +58,7 @@ export function socketFd(socket: net.Socket): number {
 }
 
 export function setIntOption(fd: number, level: number, name: number, value: number, label: string): void {
-  intVal.writeInt32LE(value);
+  intWord[0] = value;
   if (sys().setsockopt(fd, level, name, intVal, 4) !== 0) {
     const errno = koffi.errno();
     throw new SockoptError(label, errno, `setsockopt ${label}=${value} failed: ${errnoName(errno)}`);
@@ -66,7 +70,7 @@ export function getIntOption(fd: number, level: number, name: number, label: str
     const errno = koffi.errno();
     throw new SockoptError(label, errno, `getsockopt ${label} failed: ${errnoName(errno)}`);
   }
-  return intVal.readInt32LE(0);
+  return intWord[0]!;
 }
 
 export interface KeepaliveSettings {
@@ -166,8 +170,8 @@ export function getTcpState(fd: number): number {
  * for the splice relay's worker, which acts on the number.
  */
 export function takeSocketErrno(fd: number): number {
-  if (sys().getsockopt(fd, SOL_SOCKET, SO_ERROR, intVal, len(4)) !== 0) return koffi.errno();
-  return intVal.readInt32LE(0);
+  if (sys().getsockopt(fd, SOL_SOCKET, SO_ERROR, intVal, len(4)) !== 0) return errno();
+  return intWord[0]!;
 }
 
 /** Reads and clears the socket's pending error (SO_ERROR) as a code such as `ECONNRESET`, or null when there is none. */

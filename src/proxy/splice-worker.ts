@@ -159,15 +159,26 @@ let listening = true;
 let acceptPausedUntil = 0;
 
 const epfd = sys.epoll_create1(O_CLOEXEC);
-const eventBuf = Buffer.alloc(EPOLL_EVENT_SIZE);
+/**
+ * A Buffer for koffi to pass as a pointer, and a typed view of the same memory for this thread to
+ * read and write it through: an element store is a plain move, where Buffer's writeUInt32LE and
+ * friends check their arguments on every call (a few calls per connection each).
+ */
+function words<T extends Uint32Array | Int32Array>(view: T): [Buffer, T] {
+  return [Buffer.from(view.buffer, view.byteOffset, view.byteLength), view];
+}
+// The fields of a struct epoll_event are 32-bit words at every offset (libc.ts), on every architecture.
+const EV_WORDS = EPOLL_EVENT_SIZE >> 2;
+const EV_DATA = EPOLL_DATA_OFFSET >> 2;
+const [eventBuf, eventWords] = words(new Uint32Array(EV_WORDS));
 const MAX_EVENTS = 256;
-const events = Buffer.alloc(EPOLL_EVENT_SIZE * MAX_EVENTS);
-const scratch = Buffer.alloc(8);
+const [events, eventList] = words(new Uint32Array(EV_WORDS * MAX_EVENTS));
+const [scratch, scratchInts] = words(new Int32Array(2));
 const addrBuf = Buffer.alloc(SOCKADDR_MAX);
-const addrLen = Buffer.alloc(4);
+const [addrLen, addrLenWord] = words(new Uint32Array(1));
 const dstBuf = Buffer.alloc(SOCKADDR_MAX);
 const localBuf = Buffer.alloc(SOCKADDR_MAX);
-const optVal = Buffer.alloc(8);
+const [optVal, optInt] = words(new Int32Array(2));
 /**
  * Records for the main thread, sent every POST_EVERY_MS as a copy of the used part: one
  * Float64Array, doubled when a batch needs more and reused, so a batch is neither reallocated as it
@@ -215,9 +226,9 @@ let now = Date.now();
  * that is still connecting off as connected).
  */
 function ctl(op: number, fd: number, flags: number, tag = 0): number {
-  eventBuf.writeUInt32LE(flags >>> 0, 0);
-  eventBuf.writeUInt32LE(fd, EPOLL_DATA_OFFSET);
-  eventBuf.writeUInt32LE(tag, EPOLL_DATA_OFFSET + 4);
+  eventWords[0] = flags;
+  eventWords[EV_DATA] = fd;
+  eventWords[EV_DATA + 1] = tag;
   return sys.epoll_ctl(epfd, op, fd, eventBuf) === 0 ? 0 : errno();
 }
 
@@ -232,7 +243,7 @@ function watch(fd: number, c: Conn): number {
 }
 
 function setInt(fd: number, level: number, name: number, value: number): void {
-  optVal.writeInt32LE(value, 0);
+  optInt[0] = value;
   sys.setsockopt(fd, level, name, optVal, 4);
 }
 
@@ -262,8 +273,8 @@ function takePipe(): Pipe | null {
   const p = pool.pop();
   if (p !== undefined) return p;
   if (sys.pipe2(scratch, O_NONBLOCK | O_CLOEXEC) !== 0) return null;
-  const r = scratch.readInt32LE(0);
-  const w = scratch.readInt32LE(4);
+  const r = scratchInts[0]!;
+  const w = scratchInts[1]!;
   // Best effort: over the user's pipe budget the kernel keeps the default size.
   if (sys.fcntl(w, F_SETPIPE_SZ, pipeSize) < 0) pipeSize = Math.max(65536, pipeSize >> 1);
   const size = sys.fcntl(w, F_GETPIPE_SZ, 0);
@@ -464,7 +475,7 @@ function connectReason(code: number): number {
 function acceptFrom(li: number, lfd: number, max = 64): void {
   // Bounded per turn, so one busy listener cannot starve the connections already relaying.
   for (let n = 0; n < max && acceptPausedUntil === 0; n++) {
-    addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
+    addrLenWord[0] = SOCKADDR_MAX;
     const fd = sys.accept4(lfd, addrBuf, addrLen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       const e = errno();
@@ -531,7 +542,7 @@ function accepted(li: number, cfd: number): void {
     target = dstBuf;
     // A dual-stack listener's IPv4 client (::ffff:a.b.c.d) was redirected by iptables, not ip6tables.
     const v6 = addrBuf.readUInt16LE(0) === AF_INET6 && !isMappedV4(out, outLen - 6);
-    addrLen.writeUInt32LE(v6 ? 28 : 16, 0);
+    addrLenWord[0] = v6 ? 28 : 16;
     if (sys.getsockopt(cfd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IP6T_SO_ORIGINAL_DST : SO_ORIGINAL_DST, dstBuf, addrLen) !== 0) {
       refusal = REFUSE['no-original-dst'];
       code = errno();
@@ -554,7 +565,7 @@ function isLoop(cfd: number, a: ArrayLike<number>, i: number): boolean {
   if (dst === null) return false;
   if (localHosts.has(dst.host)) return true;
   // Not into dstBuf: that holds the destination to connect to when this says no.
-  addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
+  addrLenWord[0] = SOCKADDR_MAX;
   if (sys.getsockname(cfd, localBuf, addrLen) !== 0) return false;
   const local: number[] = [];
   pushAddr(local, localBuf);
@@ -627,7 +638,7 @@ function onConnectDone(c: Conn, ev: number): void {
   rec(EV_CONNECTED, c, 8);
   put(now);
   put(c.ufd);
-  addrLen.writeUInt32LE(SOCKADDR_MAX, 0);
+  addrLenWord[0] = SOCKADDR_MAX;
   putAddr(sys.getsockname(c.ufd, addrBuf, addrLen) === 0 ? addrBuf : null);
   const cerr = watch(c.cfd, c);
   if (cerr !== 0) {
@@ -975,10 +986,10 @@ function loop(): void {
     }
     if (n === 0 && connecting.empty && guardQueue.empty && acceptPausedUntil === 0) emptyPool();
     for (let i = 0; i < n; i++) {
-      const at = i * EPOLL_EVENT_SIZE;
-      const ev = events.readUInt32LE(at);
-      const fd = events.readUInt32LE(at + EPOLL_DATA_OFFSET);
-      const tag = events.readUInt32LE(at + EPOLL_DATA_OFFSET + 4);
+      const at = i * EV_WORDS;
+      const ev = eventList[at]!;
+      const fd = eventList[at + EV_DATA]!;
+      const tag = eventList[at + EV_DATA + 1]!;
       if (fd === wakeFd) {
         sys.read(wakeFd, scratch, 8);
         if (Atomics.load(ctrl, CTRL_EXIT) === 1) return;
