@@ -9,6 +9,9 @@ import type { Proxy, ProxyObserver } from '../proxy/proxy.js';
 import { formatEndpoint } from '../util/address.js';
 import { CLOSE_REASONS, type Connection, type ConnectionState } from '../proxy/registry.js';
 
+/** How often the event-loop delay histogram samples (prom-client's eventLoopMonitoringPrecision). */
+export const EVENT_LOOP_SAMPLE_MS = 100;
+
 /** The states counted by halfclose_connections_active; every live connection is in exactly one. */
 export const ACTIVE_STATES = ['connecting', 'open', 'half-closed-client', 'half-closed-server', 'closing'] as const satisfies readonly ConnectionState[];
 export const DIRECTIONS = ['client-to-server', 'server-to-client'] as const;
@@ -304,7 +307,11 @@ export class ProxyMetrics implements ProxyObserver {
       },
     });
 
-    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    // The event-loop delay histogram (nodejs_eventloop_lag_p50_seconds and the rest) samples with
+    // a timer: prom-client's default of every 10 ms woke an idle proxy 100 times a second, and
+    // under load each wake-up preempted the splice worker on a shared core. Every 100 ms still
+    // catches any stall longer than that.
+    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     proxy.observe(this);
   }
 

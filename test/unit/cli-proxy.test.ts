@@ -5,7 +5,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import net from 'node:net';
 import os from 'node:os';
@@ -278,4 +278,29 @@ test('out of descriptors: accepting pauses and resumes, the proxy keeps serving 
   assert.equal(await after.result, 'echo', 'served again once descriptors are free');
   after.socket.destroy();
   assert.equal(px.child.exitCode, null, 'still running');
+});
+
+/** Voluntary context switches of every thread of a process: how often its threads went to sleep and woke again. */
+function wakeups(pid: number): number {
+  let n = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    const m = /^voluntary_ctxt_switches:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
+    n += m ? Number(m[1]) : 0;
+  }
+  return n;
+}
+
+test('an idle proxy sleeps: its threads wake a few times a second, not a hundred', async (t) => {
+  const upPort = await echoServer(t);
+  // As shipped: the admin server and its metrics on (the event-loop delay histogram samples with a timer).
+  const px = await startCli(t, ['--admin', '127.0.0.1:0', '--route', `127.0.0.1:0=127.0.0.1:${upPort}`]);
+  const c = echoOnce(px.port);
+  assert.equal(await c.result, 'echo');
+  c.socket.destroy();
+  await new Promise((r) => setTimeout(r, 1000));
+  const before = wakeups(px.child.pid!);
+  await new Promise((r) => setTimeout(r, 2000));
+  const woke = wakeups(px.child.pid!) - before;
+  // About 20 in 2 s (the histogram's 100 ms timer); a 10 ms timer anywhere would make it 200 or more.
+  assert.ok(woke < 80, `the idle proxy's threads woke ${woke} times in 2 s`);
 });
