@@ -149,11 +149,12 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
     }
     const active = ready.filter((c) => c.name === 'direct' || running.has(c.name));
 
-    const latency = async (port: number, size: number): Promise<{ p50: number; p99: number }> => {
-      const w = procs.spawn('latency', wcmd, [...wargs, 'latency', `port=${port}`, `size=${size}`, `count=${p.latencyCount}`, `maxMs=${p.latencyMaxMs}`], {
+    type Latency = { samples: number; p50: number; p99: number } | { error: string };
+    const latency = async (ports: number[], size: number): Promise<Record<string, Latency>> => {
+      const w = procs.spawn('latency', wcmd, [...wargs, 'latency', `ports=${ports.join(',')}`, `size=${size}`, `count=${p.latencyCount}`, `maxMs=${p.latencyMaxMs * ports.length}`], {
         logFile: join(tmp, 'latency.log'),
       });
-      return w.firstJson<{ p50: number; p99: number }>(p.latencyMaxMs + 15_000);
+      return (await w.firstJson<{ ports: Record<string, Latency> }>(p.latencyMaxMs * ports.length + 15_000)).ports;
     };
     const connrate = async (port: number): Promise<{ rate: number; completed: number; errors: number }> => {
       const w = procs.spawn('connrate', wcmd, [...wargs, 'connrate', `port=${port}`, `count=${p.connCount}`, `maxMs=${p.connMaxMs}`, `concurrency=${p.connConcurrency}`], {
@@ -163,13 +164,14 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
     };
 
     // Repetitions outermost, contenders rotated within each: drift in machine load is spread
-    // over every contender instead of landing on one.
+    // over every contender instead of landing on one. Latency goes further: one run takes its
+    // round trips in turn across all contenders, so they are measured in the same moments.
     for (let rep = 0; rep < p.reps; rep++) {
       const order = active.map((_, i) => active[(i + rep) % active.length]!);
-      for (const c of order) {
-        const pt = ports.get(c.name)!;
-        log(`bench: round ${rep + 1}/${p.reps}: ${c.name}`);
-        if (haveIperf) {
+      if (haveIperf) {
+        for (const c of order) {
+          const pt = ports.get(c.name)!;
+          log(`bench: round ${rep + 1}/${p.reps}: throughput: ${c.name}`);
           for (const [streams, key] of [
             [1, 'throughput1'],
             [8, 'throughput8'],
@@ -181,20 +183,34 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
             }
           }
         }
-        for (const [size, key] of [
-          [1, 'rtt1'],
-          [1024, 'rtt1k'],
-        ] as const) {
-          try {
-            const r = await latency(pt.echo, size);
+      }
+      log(`bench: round ${rep + 1}/${p.reps}: latency: ${order.map((c) => c.name).join(', ')}, in turn`);
+      for (const [size, key] of [
+        [1, 'rtt1'],
+        [1024, 'rtt1k'],
+      ] as const) {
+        try {
+          const byPort = await latency(
+            order.map((c) => ports.get(c.name)!.echo),
+            size,
+          );
+          for (const c of order) {
+            const r = byPort[ports.get(c.name)!.echo];
+            if (r === undefined || 'error' in r) {
+              fail(c.name, key, new Error(r?.error ?? 'no result'));
+              continue;
+            }
             record(c.name, `${key}p50`, r.p50);
             record(c.name, `${key}p99`, r.p99);
-          } catch (err) {
-            fail(c.name, key, err);
           }
+        } catch (err) {
+          for (const c of order) fail(c.name, key, err);
         }
+      }
+      for (const c of order) {
+        log(`bench: round ${rep + 1}/${p.reps}: connection rate: ${c.name}`);
         try {
-          const r = await connrate(pt.echo);
+          const r = await connrate(ports.get(c.name)!.echo);
           if (r.errors > 0) log(`bench: ${c.name}: ${r.errors} connections failed during the connection-rate run`);
           record(c.name, 'connRate', r.rate);
         } catch (err) {

@@ -70,51 +70,98 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[i]!;
 }
 
-// Round trips of `size` bytes over one kept connection, one at a time. Times in microseconds.
+interface LatencyResult {
+  samples: number;
+  p50: number;
+  p99: number;
+  mean: number;
+}
+
+/** One kept connection of the latency run: its round trip in flight, its samples. */
+interface RoundTrips {
+  port: number;
+  socket: net.Socket;
+  samples: Float64Array;
+  n: number;
+  error: string | null;
+  /** The echo of the message in flight has fully arrived. */
+  reply: ((err: Error | null) => void) | null;
+  got: number;
+}
+
+// Round trips of `size` bytes over one kept connection per port, one at a time, taken in turn
+// across the ports (`ports=a,b,c`; the first port of each round moves on by one): every contender
+// is measured in the same moments, so a busy spell of this shared machine falls on all of them
+// alike instead of on whichever ran then. Times in microseconds. Prints {"ports":{"a":{p50,p99,...}}};
+// a port whose connection fails drops out with {"error"} and the others go on.
 async function latency(args: Args): Promise<void> {
-  const port = num(args, 'port');
+  const ports = (args.ports ?? args.port ?? '').split(',').filter(Boolean).map(Number);
+  if (ports.length === 0) throw new Error('workers: missing ports=');
   const size = num(args, 'size');
   const count = num(args, 'count');
   const warmup = num(args, 'warmup', 200);
   const maxMs = num(args, 'maxMs', 5000);
   const payload = Buffer.alloc(size, 0x61);
-  const samples = new Float64Array(count);
-  const s = net.connect({ host: '127.0.0.1', port, noDelay: true });
-  await new Promise<void>((resolve, reject) => {
-    s.once('connect', resolve);
-    s.once('error', reject);
-  });
-  let n = -warmup;
-  let got = 0;
-  let start = 0n;
-  const deadline = Date.now() + maxMs;
-  await new Promise<void>((resolve, reject) => {
-    s.on('error', reject);
-    s.on('end', () => reject(new Error('connection closed during the latency run')));
-    const send = (): void => {
-      got = 0;
-      start = process.hrtime.bigint();
-      s.write(payload);
-    };
-    s.on('data', (d: Buffer) => {
-      got += d.length;
-      if (got < size) return;
-      const us = Number(process.hrtime.bigint() - start) / 1000;
-      if (n >= 0) samples[n] = us;
-      n++;
-      if (n >= count || (n > 0 && (n & 127) === 0 && Date.now() > deadline)) {
-        resolve();
-        return;
-      }
-      send();
+  const conns: RoundTrips[] = await Promise.all(
+    ports.map(
+      (port) =>
+        new Promise<RoundTrips>((resolve) => {
+          const rt: RoundTrips = { port, socket: net.connect({ host: '127.0.0.1', port, noDelay: true }), samples: new Float64Array(count), n: 0, error: null, reply: null, got: 0 };
+          const end = (err: Error): void => {
+            rt.error ??= err.message;
+            rt.reply?.(err);
+          };
+          rt.socket.once('connect', () => resolve(rt));
+          rt.socket.on('error', (err) => {
+            end(err);
+            resolve(rt);
+          });
+          rt.socket.on('end', () => end(new Error('connection closed during the latency run')));
+          rt.socket.on('data', (d: Buffer) => {
+            rt.got += d.length;
+            if (rt.got >= size) rt.reply?.(null);
+          });
+        }),
+    ),
+  );
+  const once = (rt: RoundTrips): Promise<number> =>
+    new Promise((resolve, reject) => {
+      rt.got = 0;
+      const start = process.hrtime.bigint();
+      rt.reply = (err) => {
+        rt.reply = null;
+        if (err) reject(err);
+        else resolve(Number(process.hrtime.bigint() - start) / 1000);
+      };
+      rt.socket.write(payload);
     });
-    send();
-  });
-  s.destroy();
-  const done = samples.subarray(0, Math.max(0, Math.min(n, count))).sort();
-  let sum = 0;
-  for (const v of done) sum += v;
-  emit({ samples: done.length, p50: percentile(done, 50), p99: percentile(done, 99), mean: sum / done.length });
+  const deadline = Date.now() + maxMs;
+  for (let round = -warmup; round < count; round++) {
+    if (round > 0 && (round & 127) === 0 && Date.now() > deadline) break;
+    for (let k = 0; k < conns.length; k++) {
+      const rt = conns[(k + round + warmup) % conns.length]!;
+      if (rt.error !== null) continue;
+      try {
+        const us = await once(rt);
+        if (round >= 0) rt.samples[rt.n++] = us;
+      } catch {
+        /* rt.error says why */
+      }
+    }
+  }
+  const out: Record<string, LatencyResult | { error: string }> = {};
+  for (const rt of conns) {
+    rt.socket.destroy();
+    if (rt.error !== null) {
+      out[rt.port] = { error: rt.error };
+      continue;
+    }
+    const done = rt.samples.subarray(0, rt.n).sort();
+    let sum = 0;
+    for (const v of done) sum += v;
+    out[rt.port] = { samples: done.length, p50: percentile(done, 50), p99: percentile(done, 99), mean: sum / done.length };
+  }
+  emit({ ports: out });
 }
 
 // Connect, send a small message, read the echo, close (our FIN first, then the server's), with
