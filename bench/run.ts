@@ -165,7 +165,8 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
 
     // Repetitions outermost, contenders rotated within each: drift in machine load is spread
     // over every contender instead of landing on one. Latency goes further: one run takes its
-    // round trips in turn across all contenders, so they are measured in the same moments.
+    // round trips in blocks, in turn across all contenders (workers.ts), so they are measured in
+    // the same stretch of time.
     for (let rep = 0; rep < p.reps; rep++) {
       const order = active.map((_, i) => active[(i + rep) % active.length]!);
       if (haveIperf) {

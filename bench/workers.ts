@@ -89,17 +89,21 @@ interface RoundTrips {
   got: number;
 }
 
-// Round trips of `size` bytes over one kept connection per port, one at a time, taken in turn
-// across the ports (`ports=a,b,c`; the first port of each round moves on by one): every contender
-// is measured in the same moments, so a busy spell of this shared machine falls on all of them
-// alike instead of on whichever ran then. Times in microseconds. Prints {"ports":{"a":{p50,p99,...}}};
-// a port whose connection fails drops out with {"error"} and the others go on.
+// Round trips of `size` bytes over one kept connection per port, one at a time, in blocks taken in
+// turn across the ports (`ports=a,b,c`): `block` round trips through one, then `block` through the
+// next, the first port of each round moving on by one. A busy spell of this shared machine falls
+// on every contender alike instead of on whichever ran then, while each block still runs alone on
+// a warm proxy (the first `rewarm` round trips of a block, which find the caches full of the
+// previous contender, are not counted; nor are the first `warmup` of all). Times in microseconds.
+// Prints {"ports":{"a":{p50,p99,...}}}; a port whose connection fails drops out with {"error"}.
 async function latency(args: Args): Promise<void> {
   const ports = (args.ports ?? args.port ?? '').split(',').filter(Boolean).map(Number);
   if (ports.length === 0) throw new Error('workers: missing ports=');
   const size = num(args, 'size');
   const count = num(args, 'count');
   const warmup = num(args, 'warmup', 200);
+  const block = num(args, 'block', 500);
+  const rewarm = num(args, 'rewarm', 20);
   const maxMs = num(args, 'maxMs', 5000);
   const payload = Buffer.alloc(size, 0x61);
   const conns: RoundTrips[] = await Promise.all(
@@ -136,16 +140,18 @@ async function latency(args: Args): Promise<void> {
       rt.socket.write(payload);
     });
   const deadline = Date.now() + maxMs;
-  for (let round = -warmup; round < count; round++) {
-    if (round > 0 && (round & 127) === 0 && Date.now() > deadline) break;
+  const rounds = Math.ceil(count / block);
+  for (let round = 0; round < rounds && Date.now() <= deadline; round++) {
     for (let k = 0; k < conns.length; k++) {
-      const rt = conns[(k + round + warmup) % conns.length]!;
-      if (rt.error !== null) continue;
-      try {
-        const us = await once(rt);
-        if (round >= 0) rt.samples[rt.n++] = us;
-      } catch {
-        /* rt.error says why */
+      const rt = conns[(k + round) % conns.length]!;
+      const skip = round === 0 ? warmup : rewarm;
+      for (let i = -skip; i < block && rt.n < count && rt.error === null; i++) {
+        try {
+          const us = await once(rt);
+          if (i >= 0) rt.samples[rt.n++] = us;
+        } catch {
+          /* rt.error says why */
+        }
       }
     }
   }
