@@ -811,15 +811,17 @@ function pump(f: Flow, ev = 0): void {
     }
     if (f.state === FIN_RECEIVED && f.inPipe === 0) {
       // Write-side shutdown only: the other direction keeps flowing. A destination the peer had
-      // already reset must not count as a forwarded FIN: its reset is pending as SO_ERROR, or the
-      // shutdown fails (the socket is closed). Checked before, not after: a reset that comes back
-      // once our FIN has arrived (the peer read EOF, then crashed) is the peer's next move, and
-      // the FIN was forwarded; the read side reports that reset.
+      // already reset must not count as a forwarded FIN. A reset closes the socket (the kernel
+      // keeps the reset as SO_ERROR), so the shutdown fails, with ENOTCONN, and SO_ERROR says
+      // why. A reset that comes back once our FIN has arrived (the peer read EOF, then crashed)
+      // is the peer's next move, and the FIN was forwarded; the read side reports that reset.
       // The last FIN is sent by close() below: the destination was read to its EOF, so its receive
       // queue is empty and closing it sends a FIN, not a reset (a shutdown first cost a call).
+      // close() does not fail on a reset socket: for it, SO_ERROR is asked first.
       const last = f.peer.state === FIN_FORWARDED;
-      let err = takeSocketErrno(f.dst);
-      if (err === 0 && !last && sys.shutdown(f.dst, SHUT_WR) !== 0) err = takeSocketErrno(f.dst) || errno();
+      let err = 0;
+      if (last) err = takeSocketErrno(f.dst);
+      else if (sys.shutdown(f.dst, SHUT_WR) !== 0) err = takeSocketErrno(f.dst) || errno();
       if (err !== 0) {
         fail(c, 1 - f.srcSide, err, FAIL_BEFORE_FIN);
         return;

@@ -25,6 +25,9 @@ import {
   takeSocketError,
 } from '../../src/kernel/sockopt.js';
 import { SockoptError } from '../../src/errors.js';
+import { errno, libcCalls, SHUT_WR } from '../../src/kernel/libc.js';
+
+const ENOTCONN = 107;
 
 async function pair(t: import('node:test').TestContext): Promise<{ client: net.Socket; server: net.Socket }> {
   const srv = net.createServer({ allowHalfOpen: true });
@@ -118,4 +121,20 @@ test('TCP_INFO shows a reset socket as CLOSE and SO_ERROR names the reset, once'
   // A socket in CLOSE-WAIT that receives an RST records EPIPE (tcp_reset in the kernel); others ECONNRESET.
   assert.match(takeSocketError(fd) ?? 'none', /^(EPIPE|ECONNRESET)$/);
   assert.equal(takeSocketError(fd), null, 'reading SO_ERROR clears it');
+});
+
+test('a reset socket refuses shutdown(SHUT_WR) with ENOTCONN and keeps the reset as SO_ERROR (the splice relay forwards a FIN on that alone)', async (t) => {
+  const { client, server } = await pair(t);
+  const fd = socketFd(server);
+  server.pause(); // libuv stops reading: nothing consumes the reset before we look
+  client.resetAndDestroy();
+  const start = Date.now();
+  while (getTcpState(fd) !== TCP_STATE_CLOSE && Date.now() - start < 2000) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(libcCalls().shutdown(fd, SHUT_WR), -1);
+  assert.equal(errno(), ENOTCONN);
+  assert.equal(takeSocketError(fd), 'ECONNRESET');
+  // An open socket's shutdown succeeds: the failure above is the reset's, not the call's.
+  const other = await pair(t);
+  assert.equal(libcCalls().shutdown(socketFd(other.server), SHUT_WR), 0);
+  assert.equal(takeSocketError(socketFd(other.server)), null);
 });
