@@ -37,8 +37,8 @@ export interface BenchResults {
     reps: number;
     iperfSeconds: number;
     latencyCount: number;
-    connCount: number;
     connMaxMs: number;
+    connSlices: number;
     connConcurrency: number;
     idleConnections: number;
   };
@@ -134,7 +134,7 @@ export function renderMarkdown(r: BenchResults): string {
   );
   lines.push('');
   lines.push(
-    `Medians of ${r.params.reps} repetition(s): iperf3 ${r.params.iperfSeconds} s per run; ${r.params.latencyCount} round trips per contender in each latency run, in blocks of 500 taken in turn across the contenders; connection rate over up to ${r.params.connCount} connections or ${r.params.connMaxMs / 1000} s; memory with ${r.params.idleConnections} idle connections in a fresh process (halfclose, HAProxy, nginx: RSS; socat: PSS of its process tree). Ratios are to HAProxy (higher is better for throughput and rate, lower for latency and memory); added latency is the proxy's round trip minus the direct one, so it can come out slightly negative when a median lands in the noise, and its ratio is that of the whole round trips. Every run's figure is in results.json.`,
+    `Medians of ${r.params.reps} repetition(s): iperf3 ${r.params.iperfSeconds} s per run; ${r.params.latencyCount} round trips per contender in each latency run, in blocks of 500 taken in turn across the contenders; connection rate in ${r.params.connSlices} burst(s) of ${r.params.connMaxMs / r.params.connSlices / 1000} s per contender in each repetition, taken in turn across the contenders (the median is of every burst); memory with ${r.params.idleConnections} idle connections in a fresh process (halfclose, HAProxy, nginx: RSS; socat: PSS of its process tree). Ratios are to HAProxy (higher is better for throughput and rate, lower for latency and memory); added latency is the proxy's round trip minus the direct one, so it can come out slightly negative when a median lands in the noise, and its ratio is that of the whole round trips. Every run's figure is in results.json.`,
   );
   lines.push('');
   lines.push(`| | ${names.join(' | ')} |`);

@@ -27,8 +27,9 @@ interface Params {
   iperfSeconds: number;
   latencyCount: number;
   latencyMaxMs: number;
-  connCount: number;
+  /** Each contender's connection-rate time per repetition, in `connSlices` bursts taken in turn across the contenders. */
   connMaxMs: number;
+  connSlices: number;
   connConcurrency: number;
   idleConnections: number;
 }
@@ -38,8 +39,8 @@ const FULL: Params = {
   iperfSeconds: 3,
   latencyCount: 5000,
   latencyMaxMs: 2000,
-  connCount: 30_000,
   connMaxMs: 2500,
+  connSlices: 5,
   connConcurrency: 50,
   idleConnections: 5000,
 };
@@ -49,8 +50,8 @@ const QUICK: Params = {
   iperfSeconds: 1,
   latencyCount: 300,
   latencyMaxMs: 1000,
-  connCount: 300,
   connMaxMs: 1000,
+  connSlices: 1,
   connConcurrency: 50,
   idleConnections: 200,
 };
@@ -156,17 +157,22 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
       });
       return (await w.firstJson<{ ports: Record<string, Latency> }>(p.latencyMaxMs * ports.length + 15_000)).ports;
     };
-    const connrate = async (port: number): Promise<{ rate: number; completed: number; errors: number }> => {
-      const w = procs.spawn('connrate', wcmd, [...wargs, 'connrate', `port=${port}`, `count=${p.connCount}`, `maxMs=${p.connMaxMs}`, `concurrency=${p.connConcurrency}`], {
-        logFile: join(tmp, 'connrate.log'),
-      });
-      return w.firstJson<{ rate: number; completed: number; errors: number }>(p.connMaxMs + 15_000);
+    type Rates = { rates: number[]; errors: number };
+    const connrates = async (ports: number[]): Promise<Record<string, Rates>> => {
+      const sliceMs = Math.round(p.connMaxMs / p.connSlices);
+      const w = procs.spawn(
+        'connrate',
+        wcmd,
+        [...wargs, 'connrates', `ports=${ports.join(',')}`, `sliceMs=${sliceMs}`, `slices=${p.connSlices}`, `concurrency=${p.connConcurrency}`],
+        { logFile: join(tmp, 'connrate.log') },
+      );
+      return (await w.firstJson<{ ports: Record<string, Rates> }>(ports.length * (p.connMaxMs + 2000) + 15_000)).ports;
     };
 
     // Repetitions outermost, contenders rotated within each: drift in machine load is spread
-    // over every contender instead of landing on one. Latency goes further: one run takes its
-    // round trips in blocks, in turn across all contenders (workers.ts), so they are measured in
-    // the same stretch of time.
+    // over every contender instead of landing on one. Latency and connection rate go further:
+    // one run takes its round trips or its bursts in turn across all contenders (workers.ts), so
+    // they are measured in the same stretch of time.
     for (let rep = 0; rep < p.reps; rep++) {
       const order = active.map((_, i) => active[(i + rep) % active.length]!);
       if (haveIperf) {
@@ -208,15 +214,20 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
           for (const c of order) fail(c.name, key, err);
         }
       }
-      for (const c of order) {
-        log(`bench: round ${rep + 1}/${p.reps}: connection rate: ${c.name}`);
-        try {
-          const r = await connrate(ports.get(c.name)!.echo);
+      log(`bench: round ${rep + 1}/${p.reps}: connection rate: ${order.map((c) => c.name).join(', ')}, in turn`);
+      try {
+        const byPort = await connrates(order.map((c) => ports.get(c.name)!.echo));
+        for (const c of order) {
+          const r = byPort[ports.get(c.name)!.echo];
+          if (r === undefined) {
+            fail(c.name, 'connRate', new Error('no result'));
+            continue;
+          }
           if (r.errors > 0) log(`bench: ${c.name}: ${r.errors} connections failed during the connection-rate run`);
-          record(c.name, 'connRate', r.rate);
-        } catch (err) {
-          fail(c.name, 'connRate', err);
+          for (const rate of r.rates) record(c.name, 'connRate', rate);
         }
+      } catch (err) {
+        for (const c of order) fail(c.name, 'connRate', err);
       }
     }
     for (const [name, r] of running) {

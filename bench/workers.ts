@@ -1,5 +1,6 @@
 // The benchmark's own small programs, each run as a separate process so that it never shares an
-// event loop with what it measures: `echo` (upstream), `latency`, `connrate` and `idle` (clients).
+// event loop with what it measures: `echo` (upstream), `latency`, `connrate`, `connrates` and
+// `idle` (clients).
 // Usage: node workers.js MODE ARGS… — each prints one JSON line on stdout (the result, or
 // {"ready":…}/{"held":…} for the long-running ones) and exits on SIGTERM or when stdin closes.
 
@@ -170,13 +171,16 @@ async function latency(args: Args): Promise<void> {
   emit({ ports: out });
 }
 
+interface Burst {
+  completed: number;
+  errors: number;
+  seconds: number;
+}
+
 // Connect, send a small message, read the echo, close (our FIN first, then the server's), with
-// `concurrency` at a time, until `count` connections or `maxMs`. Counts only complete exchanges.
-async function connrate(args: Args): Promise<void> {
-  const port = num(args, 'port');
-  const concurrency = num(args, 'concurrency', 50);
-  const count = num(args, 'count');
-  const maxMs = num(args, 'maxMs');
+// `concurrency` at a time, until `count` connections or `maxMs`; then waits for those in flight.
+// Counts only complete exchanges.
+function burst(port: number, concurrency: number, count: number, maxMs: number): Promise<Burst> {
   const msg = Buffer.from('ping halfclose\n');
   let started = 0;
   let completed = 0;
@@ -184,10 +188,10 @@ async function connrate(args: Args): Promise<void> {
   const t0 = process.hrtime.bigint();
   const deadline = Date.now() + maxMs;
   let active = 0;
-  await new Promise<void>((resolve) => {
+  return new Promise<Burst>((resolve) => {
     const next = (): void => {
       if (started >= count || Date.now() > deadline) {
-        if (active === 0) resolve();
+        if (active === 0) resolve({ completed, errors, seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
         return;
       }
       started++;
@@ -215,8 +219,39 @@ async function connrate(args: Args): Promise<void> {
     };
     for (let i = 0; i < concurrency; i++) next();
   });
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  emit({ completed, errors, seconds, rate: completed / seconds });
+}
+
+// One burst on `port=`: {completed, errors, seconds, rate}.
+async function connrate(args: Args): Promise<void> {
+  const r = await burst(num(args, 'port'), num(args, 'concurrency', 50), num(args, 'count'), num(args, 'maxMs'));
+  emit({ ...r, rate: r.completed / r.seconds });
+}
+
+// Bursts of `sliceMs` taken in turn across `ports=a,b,c`, `slices` per port (the first port of each
+// round moving on by one), after a `warmupMs` burst on each that is not counted: every contender's
+// rate is measured in the same stretch of time, so a busy spell of this shared machine falls on all
+// of them alike. Prints {"ports":{"a":{"rates":[...],"errors":N}}}.
+async function connrates(args: Args): Promise<void> {
+  const ports = (args.ports ?? '').split(',').filter(Boolean).map(Number);
+  if (ports.length === 0) throw new Error('workers: missing ports=');
+  const concurrency = num(args, 'concurrency', 50);
+  const sliceMs = num(args, 'sliceMs');
+  const slices = num(args, 'slices');
+  const warmupMs = num(args, 'warmupMs', 200);
+  const out: Record<string, { rates: number[]; errors: number }> = {};
+  for (const port of ports) {
+    out[port] = { rates: [], errors: 0 };
+    await burst(port, concurrency, Infinity, warmupMs);
+  }
+  for (let round = 0; round < slices; round++) {
+    for (let k = 0; k < ports.length; k++) {
+      const port = ports[(k + round) % ports.length]!;
+      const r = await burst(port, concurrency, Infinity, sliceMs);
+      out[port]!.rates.push(r.completed / r.seconds);
+      out[port]!.errors += r.errors;
+    }
+  }
+  emit({ ports: out });
 }
 
 // Opens `count` connections (`batch` at a time), exchanges one byte on each so every connection is
@@ -251,15 +286,15 @@ async function idle(args: Args): Promise<void> {
 
 const [mode, ...rest] = process.argv.slice(2);
 const args = parseArgs(rest);
-const modes: Record<string, (a: Args) => void | Promise<void>> = { echo, latency, connrate, idle };
+const modes: Record<string, (a: Args) => void | Promise<void>> = { echo, latency, connrate, connrates, idle };
 const fn = mode ? modes[mode] : undefined;
 if (!fn) {
-  process.stderr.write(`workers: unknown mode "${mode ?? ''}"; expected echo, latency, connrate or idle\n`);
+  process.stderr.write(`workers: unknown mode "${mode ?? ''}"; expected echo, latency, connrate, connrates or idle\n`);
   process.exit(2);
 }
 Promise.resolve(fn(args)).then(
   () => {
-    if (mode === 'latency' || mode === 'connrate') process.exit(0);
+    if (mode === 'latency' || mode === 'connrate' || mode === 'connrates') process.exit(0);
   },
   (err: Error) => {
     process.stderr.write(`workers ${mode}: ${err.message}\n`);
