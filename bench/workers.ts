@@ -88,7 +88,12 @@ interface RoundTrips {
   /** The echo of the message in flight has fully arrived. */
   reply: ((err: Error | null) => void) | null;
   got: number;
+  /** When the message in flight left (Date.now()). */
+  sentAt: number;
 }
+
+/** A round trip or a burst's last connections not answered within this long: the contender is stuck, and the run goes on without it. */
+const STUCK_MS = 3000;
 
 // Round trips of `size` bytes over one kept connection per port, one at a time, in blocks taken in
 // turn across the ports (`ports=a,b,c`): `block` round trips through one, then `block` through the
@@ -111,7 +116,7 @@ async function latency(args: Args): Promise<void> {
     ports.map(
       (port) =>
         new Promise<RoundTrips>((resolve) => {
-          const rt: RoundTrips = { port, socket: net.connect({ host: '127.0.0.1', port, noDelay: true }), samples: new Float64Array(count), n: 0, error: null, reply: null, got: 0 };
+          const rt: RoundTrips = { port, socket: net.connect({ host: '127.0.0.1', port, noDelay: true }), samples: new Float64Array(count), n: 0, error: null, reply: null, got: 0, sentAt: 0 };
           const end = (err: Error): void => {
             rt.error ??= err.message;
             rt.reply?.(err);
@@ -132,6 +137,7 @@ async function latency(args: Args): Promise<void> {
   const once = (rt: RoundTrips): Promise<number> =>
     new Promise((resolve, reject) => {
       rt.got = 0;
+      rt.sentAt = Date.now();
       const start = process.hrtime.bigint();
       rt.reply = (err) => {
         rt.reply = null;
@@ -140,6 +146,15 @@ async function latency(args: Args): Promise<void> {
       };
       rt.socket.write(payload);
     });
+  // One watchdog for all (a timer per round trip would cost every contender's round trips).
+  const watchdog = setInterval(() => {
+    for (const rt of conns) {
+      if (rt.reply !== null && Date.now() - rt.sentAt > STUCK_MS) {
+        rt.error = `no echo within ${STUCK_MS / 1000} s`;
+        rt.reply(new Error(rt.error));
+      }
+    }
+  }, 500);
   const deadline = Date.now() + maxMs;
   const rounds = Math.ceil(count / block);
   for (let round = 0; round < rounds && Date.now() <= deadline; round++) {
@@ -156,6 +171,7 @@ async function latency(args: Args): Promise<void> {
       }
     }
   }
+  clearInterval(watchdog);
   const out: Record<string, LatencyResult | { error: string }> = {};
   for (const rt of conns) {
     rt.socket.destroy();
@@ -188,10 +204,18 @@ function burst(port: number, concurrency: number, count: number, maxMs: number):
   const t0 = process.hrtime.bigint();
   const deadline = Date.now() + maxMs;
   let active = 0;
+  const open = new Set<net.Socket>();
   return new Promise<Burst>((resolve) => {
+    // Connections still open this long after the end are a stuck contender's: they are closed and counted as failed.
+    const watchdog = setInterval(() => {
+      if (Date.now() > deadline + STUCK_MS) for (const s of open) s.destroy();
+    }, 500);
     const next = (): void => {
       if (started >= count || Date.now() > deadline) {
-        if (active === 0) resolve({ completed, errors, seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
+        if (active === 0) {
+          clearInterval(watchdog);
+          resolve({ completed, errors, seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
+        }
         return;
       }
       started++;
@@ -199,6 +223,7 @@ function burst(port: number, concurrency: number, count: number, maxMs: number):
       let got = 0;
       let ok = false;
       const s = net.connect({ host: '127.0.0.1', port, noDelay: true });
+      open.add(s);
       s.on('connect', () => s.write(msg));
       s.on('data', (d: Buffer) => {
         got += d.length;
@@ -211,6 +236,7 @@ function burst(port: number, concurrency: number, count: number, maxMs: number):
         ok = false;
       });
       s.on('close', () => {
+        open.delete(s);
         active--;
         if (ok) completed++;
         else errors++;
