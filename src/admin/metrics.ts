@@ -10,7 +10,7 @@ import { formatEndpoint } from '../util/address.js';
 import { CLOSE_REASONS, type Connection, type ConnectionState } from '../proxy/registry.js';
 
 /** How often the event-loop delay histogram samples (prom-client's eventLoopMonitoringPrecision). */
-export const EVENT_LOOP_SAMPLE_MS = 100;
+const EVENT_LOOP_SAMPLE_MS = 100;
 
 /** The states counted by halfclose_connections_active; every live connection is in exactly one. */
 export const ACTIVE_STATES = ['connecting', 'open', 'half-closed-client', 'half-closed-server', 'closing'] as const satisfies readonly ConnectionState[];

@@ -4,7 +4,6 @@
 
 import net from 'node:net';
 import os from 'node:os';
-import koffi from 'koffi';
 import { errno, libcCalls } from './libc.js';
 import { HalfcloseError, SockoptError } from '../errors.js';
 import type { OriginalDst } from '../util/address.js';
@@ -60,15 +59,15 @@ export function socketFd(socket: net.Socket): number {
 export function setIntOption(fd: number, level: number, name: number, value: number, label: string): void {
   intWord[0] = value;
   if (sys().setsockopt(fd, level, name, intVal, 4) !== 0) {
-    const errno = koffi.errno();
-    throw new SockoptError(label, errno, `setsockopt ${label}=${value} failed: ${errnoName(errno)}`);
+    const code = errno();
+    throw new SockoptError(label, code, `setsockopt ${label}=${value} failed: ${errnoName(code)}`);
   }
 }
 
 export function getIntOption(fd: number, level: number, name: number, label: string): number {
   if (sys().getsockopt(fd, level, name, intVal, len(4)) !== 0) {
-    const errno = koffi.errno();
-    throw new SockoptError(label, errno, `getsockopt ${label} failed: ${errnoName(errno)}`);
+    const code = errno();
+    throw new SockoptError(label, code, `getsockopt ${label} failed: ${errnoName(code)}`);
   }
   return intWord[0]!;
 }
@@ -126,8 +125,7 @@ export function originalDst(fd: number, localAddress: string): OriginalDst {
     ? sys().getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, buf, len(buf.length))
     : sys().getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, buf, len(buf.length));
   if (rc !== 0) {
-    const errno = koffi.errno();
-    throw new HalfcloseError('HC_ERR_ORIGINAL_DST', `getsockopt SO_ORIGINAL_DST failed: ${errnoName(errno)} (was the connection redirected by iptables?)`);
+    throw new HalfcloseError('HC_ERR_ORIGINAL_DST', `getsockopt SO_ORIGINAL_DST failed: ${errnoName(errno())} (was the connection redirected by iptables?)`);
   }
   const family = buf.readUInt16LE(0);
   const port = buf.readUInt16BE(2);
@@ -158,8 +156,8 @@ export const TCP_STATE_CLOSE = 7;
 export function getTcpState(fd: number): number {
   const buf = Buffer.alloc(8);
   if (sys().getsockopt(fd, IPPROTO_TCP, TCP_INFO, buf, len(buf.length)) !== 0) {
-    const errno = koffi.errno();
-    throw new SockoptError('TCP_INFO', errno, `getsockopt TCP_INFO failed: ${errnoName(errno)}`);
+    const code = errno();
+    throw new SockoptError('TCP_INFO', code, `getsockopt TCP_INFO failed: ${errnoName(code)}`);
   }
   return buf[0]!;
 }
