@@ -169,6 +169,29 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
       return (await w.firstJson<{ ports: Record<string, Rates> }>(ports.length * (p.connMaxMs + 2000) + 15_000)).ports;
     };
 
+    /**
+     * One run taken in turn across `order` (its results keyed by each contender's echo port): each
+     * contender's result goes to `take`; a missing one, one with an error or a failed run fails
+     * that contender's `key`.
+     */
+    const inTurn = async <R extends object>(
+      order: Contender[],
+      key: string,
+      runAll: (echoPorts: number[]) => Promise<Record<string, R | { error: string }>>,
+      take: (c: Contender, r: R) => void,
+    ): Promise<void> => {
+      try {
+        const byPort = await runAll(order.map((c) => ports.get(c.name)!.echo));
+        for (const c of order) {
+          const r = byPort[ports.get(c.name)!.echo];
+          if (r === undefined || 'error' in r) fail(c.name, key, new Error(r === undefined ? 'no result' : r.error));
+          else take(c, r);
+        }
+      } catch (err) {
+        for (const c of order) fail(c.name, key, err);
+      }
+    };
+
     // Repetitions outermost, contenders rotated within each: drift in machine load is spread
     // over every contender instead of landing on one. Latency and connection rate go further:
     // one run takes its round trips or its bursts in turn across all contenders (workers.ts), so
@@ -196,39 +219,16 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResults> {
         [1, 'rtt1'],
         [1024, 'rtt1k'],
       ] as const) {
-        try {
-          const byPort = await latency(
-            order.map((c) => ports.get(c.name)!.echo),
-            size,
-          );
-          for (const c of order) {
-            const r = byPort[ports.get(c.name)!.echo];
-            if (r === undefined || 'error' in r) {
-              fail(c.name, key, new Error(r?.error ?? 'no result'));
-              continue;
-            }
-            record(c.name, `${key}p50`, r.p50);
-            record(c.name, `${key}p99`, r.p99);
-          }
-        } catch (err) {
-          for (const c of order) fail(c.name, key, err);
-        }
+        await inTurn(order, key, (echoPorts) => latency(echoPorts, size), (c, r) => {
+          record(c.name, `${key}p50`, r.p50);
+          record(c.name, `${key}p99`, r.p99);
+        });
       }
       log(`bench: round ${rep + 1}/${p.reps}: connection rate: ${order.map((c) => c.name).join(', ')}, in turn`);
-      try {
-        const byPort = await connrates(order.map((c) => ports.get(c.name)!.echo));
-        for (const c of order) {
-          const r = byPort[ports.get(c.name)!.echo];
-          if (r === undefined) {
-            fail(c.name, 'connRate', new Error('no result'));
-            continue;
-          }
-          if (r.errors > 0) log(`bench: ${c.name}: ${r.errors} connections failed during the connection-rate run`);
-          for (const rate of r.rates) record(c.name, 'connRate', rate);
-        }
-      } catch (err) {
-        for (const c of order) fail(c.name, 'connRate', err);
-      }
+      await inTurn(order, 'connRate', connrates, (c, r) => {
+        if (r.errors > 0) log(`bench: ${c.name}: ${r.errors} connections failed during the connection-rate run`);
+        for (const rate of r.rates) record(c.name, 'connRate', rate);
+      });
     }
     for (const [name, r] of running) {
       await r.stop();

@@ -20,12 +20,19 @@ function parseArgs(argv: string[]): Args {
 function num(args: Args, key: string, dflt?: number): number {
   const v = args[key];
   if (v === undefined) {
-    if (dflt === undefined) throw new Error(`workers: missing ${key}=`);
+    if (dflt === undefined) throw new Error(`missing ${key}=`);
     return dflt;
   }
   const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`workers: ${key}= expects a number, got "${v}"`);
+  if (!Number.isFinite(n)) throw new Error(`${key}= expects a number, got "${v}"`);
   return n;
+}
+
+/** `ports=a,b,c` as numbers (`port=` too, where one is enough). */
+function portsOf(args: Args): number[] {
+  const ports = (args.ports ?? args.port ?? '').split(',').filter(Boolean).map(Number);
+  if (ports.length === 0) throw new Error('missing ports=');
+  return ports;
 }
 
 function emit(obj: unknown): void {
@@ -48,7 +55,7 @@ function exitWithParent(cleanup: () => void = () => {}): void {
 // with a FIN. One listener per port given, so each contender has its own port (and its own
 // TIME_WAIT space).
 function echo(args: Args): void {
-  const ports = (args.ports ?? '').split(',').filter(Boolean).map(Number);
+  const ports = portsOf(args);
   const servers: net.Server[] = [];
   let listening = 0;
   for (const port of ports) {
@@ -103,8 +110,7 @@ const STUCK_MS = 3000;
 // previous contender, are not counted; nor are the first `warmup` of all). Times in microseconds.
 // Prints {"ports":{"a":{p50,p99,...}}}; a port whose connection fails drops out with {"error"}.
 async function latency(args: Args): Promise<void> {
-  const ports = (args.ports ?? args.port ?? '').split(',').filter(Boolean).map(Number);
-  if (ports.length === 0) throw new Error('workers: missing ports=');
+  const ports = portsOf(args);
   const size = num(args, 'size');
   const count = num(args, 'count');
   const warmup = num(args, 'warmup', 200);
@@ -258,8 +264,7 @@ async function connrate(args: Args): Promise<void> {
 // rate is measured in the same stretch of time, so a busy spell of this shared machine falls on all
 // of them alike. Prints {"ports":{"a":{"rates":[...],"errors":N}}}.
 async function connrates(args: Args): Promise<void> {
-  const ports = (args.ports ?? '').split(',').filter(Boolean).map(Number);
-  if (ports.length === 0) throw new Error('workers: missing ports=');
+  const ports = portsOf(args);
   const concurrency = num(args, 'concurrency', 50);
   const sliceMs = num(args, 'sliceMs');
   const slices = num(args, 'slices');
@@ -318,12 +323,15 @@ if (!fn) {
   process.stderr.write(`workers: unknown mode "${mode ?? ''}"; expected echo, latency, connrate, connrates or idle\n`);
   process.exit(2);
 }
-Promise.resolve(fn(args)).then(
-  () => {
-    if (mode === 'latency' || mode === 'connrate' || mode === 'connrates') process.exit(0);
-  },
-  (err: Error) => {
-    process.stderr.write(`workers ${mode}: ${err.message}\n`);
-    process.exit(1);
-  },
-);
+// Through a promise from the start, so a mode that throws at once (bad arguments) ends in the same one line.
+Promise.resolve()
+  .then(() => fn(args))
+  .then(
+    () => {
+      if (mode === 'latency' || mode === 'connrate' || mode === 'connrates') process.exit(0);
+    },
+    (err: Error) => {
+      process.stderr.write(`workers ${mode}: ${err.message}\n`);
+      process.exit(1);
+    },
+  );
