@@ -198,31 +198,47 @@ for (const relay of ['splice', 'copy'] as const) {
 // Before the relay starts, the client socket is not read (it is accepted paused while the
 // upstream connect runs). A client that sends its request and then crashes (RST) in that window
 // must reach the upstream as a reset, never as the request followed by a clean FIN — which is
-// what libuv's EOF for a reset socket with unread bytes would otherwise produce.
-test('client sends, then RST while the proxy is still connecting: the upstream gets an RST, not a FIN', { timeout: 30_000 }, async (t) => {
-  const up = await blackholeUpstream();
-  t.after(() => up.close());
-  const px = await startRouteProxy(up.port, { timeouts: { connect: '20s' } });
-  t.after(() => px.close());
-  const client = await connect(px.port);
-  client.on('error', () => {});
-  client.write('a request the client will not stand behind');
-  await waitFor(() => px.proxy.registry.size === 1, 5000, 'accept');
-  const conn = [...px.proxy.registry.all()][0]!;
-  await sleep(100);
-  client.resetAndDestroy();
-  await sleep(100);
-  assert.equal(conn.connectedAt, 0, 'the upstream connect should still be pending');
-  up.admitNext(); // the proxy's next SYN retransmission gets through
-  await within(
-    waitFor(() => conn.connectedAt > 0, 10_000, 'the upstream connect'),
-    'the upstream connect',
-    12_000,
-  );
-  const upstream = up.acceptSocket(); // not read: what it was sent is what the kernel says
-  t.after(() => upstream.destroy());
-  const [entry] = await within(px.closed(1), 'the access-log entry');
-  assert.equal(entry!.reason, 'downstream-reset', JSON.stringify(entry));
-  assert.equal((entry!.clientToServer as { state: string }).state, 'reset');
-  await waitFor(() => takeSocketError(socketFd(upstream)) === 'ECONNRESET', 5000, 'the RST at the upstream');
-});
+// what libuv's EOF for a reset socket with unread bytes would otherwise produce. The same when the
+// client had sent its FIN before the RST: both are there when the relay first reads, the kernel
+// reports the FIN as the end of the stream (recv reads 0), and only the event's EPOLLERR and
+// SO_ERROR tell of the reset behind it.
+const ENDINGS = [
+  { what: 'sends, then RST', request: true, fin: false },
+  { what: 'sends, then FIN, then RST', request: true, fin: true },
+  { what: 'sends nothing, FIN, then RST', request: false, fin: true },
+];
+for (const { what, request, fin } of ENDINGS) {
+  test(`client ${what} while the proxy is still connecting: the upstream gets an RST, not a FIN`, { timeout: 30_000 }, async (t) => {
+    const up = await blackholeUpstream();
+    t.after(() => up.close());
+    const px = await startRouteProxy(up.port, { timeouts: { connect: '20s' } });
+    t.after(() => px.close());
+    const client = await connect(px.port);
+    client.on('error', () => {});
+    if (request) client.write('a request the client will not stand behind');
+    await waitFor(() => px.proxy.registry.size === 1, 5000, 'accept');
+    const conn = [...px.proxy.registry.all()][0]!;
+    if (fin) {
+      client.end();
+      await sleep(100);
+    }
+    await sleep(100);
+    client.resetAndDestroy();
+    await sleep(100);
+    assert.equal(conn.connectedAt, 0, 'the upstream connect should still be pending');
+    up.admitNext(); // the proxy's next SYN retransmission gets through
+    await within(
+      waitFor(() => conn.connectedAt > 0, 10_000, 'the upstream connect'),
+      'the upstream connect',
+      12_000,
+    );
+    const upstream = up.acceptSocket(); // not read: what it was sent is what the kernel says
+    t.after(() => upstream.destroy());
+    const [entry] = await within(px.closed(1), 'the access-log entry');
+    assert.equal(entry!.reason, 'downstream-reset', JSON.stringify(entry));
+    assert.equal((entry!.clientToServer as { state: string }).state, 'reset');
+    assert.equal((entry!.clientToServer as { finForwardedAt: unknown }).finForwardedAt ?? null, null, 'no FIN forwarded');
+    // A socket that had read a FIN records a later RST as EPIPE (tcp_reset): ECONNRESET says no FIN came first.
+    await waitFor(() => takeSocketError(socketFd(upstream)) === 'ECONNRESET', 5000, 'the RST at the upstream (and no FIN before it)');
+  });
+}

@@ -25,7 +25,18 @@ import {
   takeSocketError,
 } from '../../src/kernel/sockopt.js';
 import { SockoptError } from '../../src/errors.js';
-import { errno, libcCalls, SHUT_WR } from '../../src/kernel/libc.js';
+import {
+  EPOLL_CTL_ADD,
+  EPOLL_EVENT_SIZE,
+  EPOLLERR,
+  EPOLLET,
+  EPOLLIN,
+  EPOLLRDHUP,
+  errno,
+  libcCalls,
+  O_CLOEXEC,
+  SHUT_WR,
+} from '../../src/kernel/libc.js';
 
 const ENOTCONN = 107;
 
@@ -137,4 +148,63 @@ test('a reset socket refuses shutdown(SHUT_WR) with ENOTCONN and keeps the reset
   const other = await pair(t);
   assert.equal(libcCalls().shutdown(socketFd(other.server), SHUT_WR), 0);
   assert.equal(takeSocketError(socketFd(other.server)), null);
+});
+
+/** Watches `fd` edge-triggered, as the splice relay does; next(ms) is the flags of its next event, or 0. */
+function edgeWatch(t: import('node:test').TestContext, fd: number): (ms: number) => number {
+  const sys = libcCalls();
+  const epfd = sys.epoll_create1(O_CLOEXEC);
+  assert.ok(epfd >= 0, `epoll_create1: errno ${errno()}`);
+  t.after(() => sys.close(epfd));
+  const ev = Buffer.alloc(EPOLL_EVENT_SIZE);
+  ev.writeUInt32LE((EPOLLIN | EPOLLRDHUP | EPOLLET) >>> 0, 0);
+  assert.equal(sys.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, ev), 0);
+  const out = Buffer.alloc(EPOLL_EVENT_SIZE);
+  return (ms) => (sys.epoll_wait(epfd, out, 1, ms) === 1 ? out.readUInt32LE(0) : 0);
+}
+
+async function waitClosed(fd: number): Promise<void> {
+  const start = Date.now();
+  while (getTcpState(fd) !== TCP_STATE_CLOSE && Date.now() - start < 2000) await new Promise((r) => setTimeout(r, 10));
+}
+
+// The splice relay asks SO_ERROR at an EOF only when epoll_wait reported EPOLLERR with it. That
+// rests on these: a reset behind a FIN is in the event's flags when both came before the wait,
+// though recv reads the FIN as a plain end of stream; and a reset that comes after the FIN's
+// event raises a new edge, with EPOLLERR, so the relay still hears of it.
+test('a FIN then an RST before epoll_wait: the event has EPOLLERR, recv reads 0 and SO_ERROR holds the reset', async (t) => {
+  const { client, server } = await pair(t);
+  const fd = socketFd(server);
+  server.pause(); // libuv stops reading: nothing consumes the FIN or the reset before we look
+  const next = edgeWatch(t, fd);
+  client.end();
+  await once(client, 'finish');
+  await new Promise((r) => setTimeout(r, 50));
+  client.resetAndDestroy();
+  await waitClosed(fd);
+  const flags = next(1000);
+  assert.ok(flags & EPOLLIN && flags & EPOLLRDHUP, `flags ${flags.toString(16)}`);
+  assert.ok(flags & EPOLLERR, `EPOLLERR with the FIN's event (flags ${flags.toString(16)})`);
+  const buf = Buffer.alloc(16);
+  assert.equal(libcCalls().recv(fd, buf, 16, 0), 0, 'recv reads the FIN first');
+  assert.equal(takeSocketError(fd), 'EPIPE', 'the reset of a socket that had read a FIN (tcp_reset)');
+});
+
+test('a FIN alone raises no EPOLLERR, and an RST after its event raises a new edge with EPOLLERR', async (t) => {
+  const { client, server } = await pair(t);
+  const fd = socketFd(server);
+  server.pause();
+  const next = edgeWatch(t, fd);
+  client.end();
+  await once(client, 'finish'); // libuv sends the FIN from its loop, which next() would block
+  const fin = next(1000);
+  assert.ok(fin & EPOLLRDHUP, `the FIN's event (flags ${fin.toString(16)})`);
+  assert.equal(fin & EPOLLERR, 0, `no EPOLLERR with a FIN alone (flags ${fin.toString(16)})`);
+  assert.equal(next(50), 0, 'edge-triggered: no second event without a change');
+  assert.equal(libcCalls().recv(fd, Buffer.alloc(16), 16, 0), 0);
+  client.resetAndDestroy();
+  await waitClosed(fd);
+  const rst = next(1000);
+  assert.ok(rst & EPOLLERR, `the reset's own event (flags ${rst.toString(16)})`);
+  assert.equal(takeSocketError(fd), 'EPIPE');
 });
