@@ -6,6 +6,7 @@
 // the CLI runs it. CPU time per thread comes from /proc/self/task/TID/schedstat (nanoseconds).
 //
 // usage: node dist/bench/books-cost.js [SECONDS=3] [RATE=6000] [REPS=3]
+// BOOKS_LOG=off: the access log off, to see what it costs.
 // Prints, per repetition, the main thread's and the V8 helper threads' µs per connection.
 
 import fs from 'node:fs';
@@ -43,7 +44,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 try {
   for (let rep = 0; rep < reps; rep++) {
     const config = resolveConfig(
-      { listeners: [{ kind: 'route', listen: '127.0.0.1:0', upstream: '127.0.0.1:9' }], accessLog: path.join(dir, `access-${rep}.log`), admin: { address: 'off' } },
+      { listeners: [{ kind: 'route', listen: '127.0.0.1:0', upstream: '127.0.0.1:9' }], accessLog: process.env.BOOKS_LOG === 'off' ? 'off' : path.join(dir, `access-${rep}.log`), admin: { address: 'off' } },
       'bench',
     );
     const proxy = new Proxy(config, { logger: silentLogger(), spliceWorkerUrl: new URL('./books-worker.js', import.meta.url) });
