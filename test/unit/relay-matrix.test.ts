@@ -22,7 +22,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
-import { socketFd, takeSocketError } from '../../src/kernel/sockopt.js';
+import { IPPROTO_TCP, setIntOption, socketFd, takeSocketError } from '../../src/kernel/sockopt.js';
 import { blackholeUpstream } from '../helpers/blackhole.js';
 import { connect, fdCount, sleep, startRouteProxy, startServer, waitFor, type LoggedConnection } from '../helpers/proxy.js';
 
@@ -31,6 +31,7 @@ type Then = 'fin' | 'rst' | 'late';
 
 const SIZES = [0, 1, 20 * 1024 * 1024] as const;
 const LATE = Buffer.from('late message');
+const TCP_CORK = 3;
 // One random buffer per direction, sliced per size: distinct contents each way, so a crossed
 // direction cannot pass the hash check.
 const UP = randomBytes(SIZES[2]);
@@ -240,5 +241,42 @@ for (const { what, request, fin } of ENDINGS) {
     assert.equal((entry!.clientToServer as { finForwardedAt: unknown }).finForwardedAt ?? null, null, 'no FIN forwarded');
     // A socket that had read a FIN records a later RST as EPIPE (tcp_reset): ECONNRESET says no FIN came first.
     await waitFor(() => takeSocketError(socketFd(upstream)) === 'ECONNRESET', 5000, 'the RST at the upstream (and no FIN before it)');
+  });
+}
+
+// The last FIN is sent by close(), which does not fail on a reset socket: a destination whose
+// peer has closed for good answers the last bytes written into it with an RST (over loopback
+// before send() returns), and that reset is the connection's end: those bytes were never read.
+// Here the upstream answers and closes its socket; the client then sends its last bytes with its
+// FIN, which the closed upstream resets. The client's side has seen both FINs by then, so no RST
+// can reach it; the close reason is what tells a lost message from a clean end.
+for (const relay of ['splice', 'copy'] as const) {
+  test(`${relay}: the client's last bytes reach an upstream that has closed: its RST ends the connection as upstream-reset`, { timeout: 20_000 }, async (t) => {
+    let upstreamClosed = false;
+    const upstream = await startServer((s) => {
+      s.on('error', () => {});
+      s.end('bye', () => {
+        s.destroy();
+        upstreamClosed = true;
+      });
+    });
+    t.after(() => upstream.close());
+    const px = await startRouteProxy(upstream.port, { relay });
+    t.after(() => px.close());
+    const client = await connect(px.port);
+    client.on('error', () => {});
+    t.after(() => client.destroy());
+    const peer = new Peer(client);
+    assert.equal(await within(peer.ended, 'the upstream FIN at the client'), 'eof');
+    assert.equal(peer.data().toString(), 'bye');
+    await waitFor(() => upstreamClosed, 5000, 'the upstream to close its socket');
+    await sleep(50);
+    // Corked, the bytes wait in the client's kernel and leave with the FIN in one segment, so the
+    // relay reads both in one go and sends the last FIN right after writing the bytes.
+    setIntOption(socketFd(client), IPPROTO_TCP, TCP_CORK, 1, 'TCP_CORK');
+    client.end('bytes nobody will read');
+    const [entry] = (await within(px.closed(1), 'the access-log entry')) as LoggedConnection[];
+    assert.equal(entry!.reason, 'upstream-reset', JSON.stringify(entry));
+    assert.equal((entry!.clientToServer as { bytes: number }).bytes, 'bytes nobody will read'.length);
   });
 }
