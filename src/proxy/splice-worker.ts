@@ -868,7 +868,7 @@ function endOfStream(f: Flow, ev: number): boolean {
   // A reset that arrived behind the FIN is kept as the socket's error (recv reads the FIN as the
   // end of the stream first), and a FIN forwarded now would pass a crash off as a complete stream.
   // epoll_wait reports such an error as EPOLLERR, read when it collects the events: without it
-  // there was none then, and asking SO_ERROR on every EOF cost about 2 % of a short connection's
+  // there was none then, and asking SO_ERROR on every EOF cost 1–2 % of a short connection's
   // CPU (bench/pair-cost.sh). A reset that comes later raises an edge of its own (EPOLLERR): while
   // the other direction is open it reaches the other side as an RST behind the FIN, what that side
   // would have seen without a proxy between; once this was the last FIN, both sockets are closed
