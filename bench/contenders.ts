@@ -86,32 +86,48 @@ export const halfclose: Contender = {
   },
 };
 
-export const haproxy: Contender = {
-  name: 'haproxy',
-  describe: 'HAProxy, mode tcp, nbthread 1, no logging',
-  unavailable: () => missing('haproxy'),
-  async start(procs, routes, dir, tag) {
-    const cfg = join(dir, `haproxy-${tag}.cfg`);
-    const lines = [
-      'global',
-      '  nbthread 1',
-      // 5,000 proxied connections need 10,000 fds; the machine allows 20,000 per process.
-      '  maxconn 9000',
-      'defaults',
-      '  mode tcp',
-      '  maxconn 9000',
-      '  timeout connect 5s',
-      '  timeout client 1h',
-      '  timeout server 1h',
-    ];
-    routes.forEach((r, i) => lines.push(`listen r${i}`, `  bind 127.0.0.1:${r.listen}`, `  server up 127.0.0.1:${r.upstream}`));
-    writeFileSync(cfg, lines.join('\n') + '\n');
-    const [cmd, argv] = pinned('haproxy', ['-db', '-f', cfg]);
-    const child = procs.spawn(`haproxy-${tag}`, cmd, argv, { logFile: join(dir, `haproxy-${tag}.log`) });
-    await waitListening(routes.map((r) => r.listen), child, 10_000, 'haproxy');
-    return single(child);
-  },
-};
+/**
+ * HAProxy as the target is set against it: no logging. `logging`: the same proxy writing one
+ * tcplog line per connection to stdout, a file, as halfclose writes its access log (a sidecar's
+ * proxy logs its connections; a column for reference, not a target).
+ */
+function haproxyContender(name: string, logging: boolean): Contender {
+  return {
+    name,
+    describe: logging
+      ? 'HAProxy as above, with one log line per connection (option tcplog, to stdout, which is a file): for reference'
+      : 'HAProxy, mode tcp, nbthread 1, no logging',
+    unavailable: () => missing('haproxy'),
+    async start(procs, routes, dir, tag) {
+      const cfg = join(dir, `${name}-${tag}.cfg`);
+      const lines = [
+        'global',
+        '  nbthread 1',
+        // 5,000 proxied connections need 10,000 fds; the machine allows 20,000 per process.
+        '  maxconn 9000',
+        'defaults',
+        '  mode tcp',
+        '  maxconn 9000',
+        '  timeout connect 5s',
+        '  timeout client 1h',
+        '  timeout server 1h',
+        ...(logging ? ['  log stdout format raw local0', '  log global', '  option tcplog'] : []),
+      ];
+      routes.forEach((r, i) => lines.push(`listen r${i}`, `  bind 127.0.0.1:${r.listen}`, `  server up 127.0.0.1:${r.upstream}`));
+      writeFileSync(cfg, lines.join('\n') + '\n');
+      const [cmd, argv] = pinned('haproxy', ['-db', '-f', cfg]);
+      const child = procs.spawn(`${name}-${tag}`, cmd, argv, {
+        logFile: join(dir, `${name}-${tag}.log`),
+        ...(logging ? { stdoutFile: join(dir, `${name}-${tag}-access.log`) } : {}),
+      });
+      await waitListening(routes.map((r) => r.listen), child, 10_000, name);
+      return single(child);
+    },
+  };
+}
+
+export const haproxy = haproxyContender('haproxy', false);
+export const haproxyLog = haproxyContender('haproxy-log', true);
 
 export const nginx: Contender = {
   name: 'nginx',
@@ -183,4 +199,4 @@ function safeChildPids(pid: number): number[] {
   }
 }
 
-export const CONTENDERS: readonly Contender[] = [direct, halfclose, haproxy, nginx, socat];
+export const CONTENDERS: readonly Contender[] = [direct, halfclose, haproxy, haproxyLog, nginx, socat];

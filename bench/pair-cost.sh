@@ -6,8 +6,9 @@
 # repetition starts both proxies fresh, warms them up for 1.5 s, then counts 4 s.
 #
 # usage: bench/pair-cost.sh A B [REPS]
-#   A, B: a built checkout of halfclose (a directory), or "haproxy" (tcp mode, nbthread 1, as
-#   make bench runs it). Prints each repetition's CPU µs per connection of both, and B/A.
+#   A, B: a built checkout of halfclose (a directory), "haproxy" (tcp mode, nbthread 1, as
+#   make bench runs it), or "haproxy-log" (the same writing one tcplog line per connection to
+#   stdout, a file). Prints each repetition's CPU µs per connection of both, and B/A.
 #   A_NODE_FLAGS, B_NODE_FLAGS: extra node flags for A's or B's halfclose (one build against
 #   itself with a V8 flag, say).
 set -euo pipefail
@@ -25,11 +26,14 @@ sleep 0.5
 
 # start WHAT LISTEN UPSTREAM [NODE_FLAGS]: starts a proxy pinned to the last CPU; its pid goes to $started.
 start() {
-  if [[ $1 == haproxy ]]; then
+  if [[ $1 == haproxy || $1 == haproxy-log ]]; then
+    # haproxy-log: one tcplog line per connection to stdout, which goes to a file, as halfclose's access log does.
+    local log=()
+    [[ $1 == haproxy-log ]] && log=('  log stdout format raw local0' '  log global' '  option tcplog')
     printf '%s\n' global '  nbthread 1' '  maxconn 9000' defaults '  mode tcp' '  maxconn 9000' \
-      '  timeout connect 5s' '  timeout client 1h' '  timeout server 1h' \
+      '  timeout connect 5s' '  timeout client 1h' '  timeout server 1h' "${log[@]}" \
       listen\ e "  bind 127.0.0.1:$2" "  server up 127.0.0.1:$3" >"$work/haproxy-$2.cfg"
-    taskset -c $cpu haproxy -db -f "$work/haproxy-$2.cfg" >/dev/null 2>&1 &
+    taskset -c $cpu haproxy -db -f "$work/haproxy-$2.cfg" >"$work/access-$2.log" 2>&1 &
   else
     taskset -c $cpu node ${4:-} "$1/bin/halfclose" proxy --admin 127.0.0.1:0 --route 127.0.0.1:$2=127.0.0.1:$3 \
       >"$work/access-$2.log" 2>"$work/err-$2.log" &

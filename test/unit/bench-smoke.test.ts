@@ -21,7 +21,7 @@ test('a quick bench run gives every contender a number for every figure', { time
   const res = await runBench({ quick: true, outDir: out, log: (l) => log.push(l) });
 
   const byName = new Map(res.contenders.map((c) => [c.name, c]));
-  assert.deepEqual([...byName.keys()], ['direct', 'halfclose', 'haproxy', 'nginx', 'socat']);
+  assert.deepEqual([...byName.keys()], ['direct', 'halfclose', 'haproxy', 'haproxy-log', 'nginx', 'socat']);
   // direct and halfclose need nothing but this repository (built): they always run.
   assert.equal(byName.get('direct')!.skipped, null);
   assert.equal(byName.get('halfclose')!.skipped, null, 'halfclose was skipped: run make build first');
@@ -45,9 +45,9 @@ test('a quick bench run gives every contender a number for every figure', { time
 
   // Both outputs are written, and the table names every contender and the per-core setup.
   const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as typeof res;
-  assert.equal(json.contenders.length, 5);
+  assert.equal(json.contenders.length, 6);
   const md = readFileSync(join(out, 'RESULTS.md'), 'utf8');
-  assert.match(md, /\| \| direct \| halfclose \| haproxy \| nginx \| socat \|/);
+  assert.match(md, /\| \| direct \| halfclose \| haproxy \| haproxy-log \| nginx \| socat \|/);
   assert.match(md, /Per core:/);
   assert.match(md, /Memory per idle connection/);
 });
