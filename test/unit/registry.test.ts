@@ -70,6 +70,47 @@ test('toJSONText matches for IPv6, original destinations and odd listener names'
   same(c, t0 + 10, 'drained');
 });
 
+// toJSONText keeps the text of recent timestamps (by millisecond, in a few slots) and of each
+// host's endpoint head: many records with timestamps that share and collide in those slots,
+// hosts seen again and again, every direction state, resets and pauses, must still each be
+// their own JSON.stringify(toJSON()).
+test('toJSONText stays JSON.stringify(toJSON()) over many records sharing timestamps, hosts and states', () => {
+  const hosts = ['127.0.0.1', '10.0.0.7', '::1', 'fd00::1:2', 'fe80::1%eth0'];
+  const states = ['open', 'fin-received', 'fin-forwarded', 'reset'] as const;
+  const reasons = [null, 'both-fin', 'upstream-reset', 'drain'] as const;
+  let x = 987654321;
+  const pick = (n: number): number => {
+    x = (x * 1103515245 + 12345) % 2 ** 31;
+    return x % n;
+  };
+  const t0 = Date.UTC(2026, 11, 4, 23, 59, 59, 900);
+  // Timestamps from a window of 300 ms around a second's change, some 64 ms apart (one slot), or 0.
+  const at = (): number => (pick(4) === 0 ? 0 : t0 + pick(300) + (pick(2) ? 64 : 0));
+  const endpoint = (): { host: string; port: number; family: 4 | 6 } | null =>
+    pick(6) === 0 ? null : { host: hosts[pick(hosts.length)]!, port: pick(65536), family: pick(2) ? 4 : 6 };
+  for (let i = 0; i < 3000; i++) {
+    const c = new Connection(i, pick(2) ? route : outbound, null, endpoint() ?? { host: '127.0.0.1', port: 1, family: 4 }, at() || t0);
+    c.upstreamLocal = endpoint();
+    c.target = endpoint();
+    c.originalDst = endpoint();
+    c.connectedAt = at();
+    for (const d of [c.c2s, c.s2c]) {
+      d.state = states[pick(4)]!;
+      d.bytes = pick(3) ? pick(1e9) : 2 ** 40 + pick(1000);
+      d.finReceivedAt = at();
+      d.finForwardedAt = at();
+      d.resetAt = at();
+      d.paused = pick(4) === 0;
+    }
+    c.halfClosedAt = at();
+    c.closedAt = pick(3) ? at() : 0;
+    c.reason = reasons[pick(4)]!;
+    c.keepalive = pick(3) ? null : '7:3:4';
+    c.error = pick(3) ? null : 'upstream: "ECONNRESET" \\ \n';
+    same(c, t0 + 400, `record ${i}`);
+  }
+});
+
 test('the access-log line is one JSON object with level, time, the record and msg', () => {
   const c = new Connection(7, route, null, { host: '10.1.2.3', port: 5, family: 4 }, 1_700_000_000_001);
   c.closedAt = 1_700_000_000_050;
