@@ -64,6 +64,15 @@ export function libcCalls(): Libc {
   return libc;
 }
 
+/**
+ * A Buffer for koffi to pass as a pointer, and a typed view of the same memory to read and write
+ * it through: an element store is a plain move, where Buffer's writeUInt32LE and friends check
+ * their arguments on every call (the relay makes a few such calls per connection).
+ */
+export function words<T extends Uint32Array | Int32Array>(view: T): [Buffer, T] {
+  return [Buffer.from(view.buffer, view.byteOffset, view.byteLength), view];
+}
+
 // Taken off koffi's exports once: that object is a dictionary, and a property looked up in it on
 // every EAGAIN cost a hash lookup each time.
 const koffiErrno = koffi.errno;

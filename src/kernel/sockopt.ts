@@ -4,7 +4,7 @@
 
 import net from 'node:net';
 import os from 'node:os';
-import { errno, libcCalls } from './libc.js';
+import { errno, libcCalls, words } from './libc.js';
 import { HalfcloseError, SockoptError } from '../errors.js';
 import type { OriginalDst } from '../util/address.js';
 
@@ -31,12 +31,9 @@ const sys = libcCalls;
 // Scratch memory for the calls below. They are synchronous and JavaScript runs one at a time, so
 // one buffer each serves every call; koffi passes a Buffer as a plain pointer, with no marshalling
 // of an in/out array (about 0.5 µs a call instead of 1.25, and a proxied connection makes several).
-// Each is also seen through a typed view of its memory: a plain element store or load, where
-// Buffer's writeInt32LE and friends check their arguments on every call.
-const intWord = new Int32Array(1);
-const intVal = Buffer.from(intWord.buffer);
-const lenWord = new Uint32Array(1);
-const optLen = Buffer.from(lenWord.buffer);
+// Each is read and written through a typed view of its memory (libc.ts, words()).
+const [intVal, intWord] = words(new Int32Array(1));
+const [optLen, lenWord] = words(new Uint32Array(1));
 function len(n: number): Buffer {
   lenWord[0] = n;
   return optLen;

@@ -44,6 +44,7 @@ import {
   SOCK_STREAM,
   SPLICE_F_MOVE,
   SPLICE_F_NONBLOCK,
+  words,
 } from '../kernel/libc.js';
 import { endpointAt, isMappedV4, pushAddr, SOCKADDR_MAX, writeAddr } from '../kernel/sockaddr.js';
 import {
@@ -159,14 +160,6 @@ let listening = true;
 let acceptPausedUntil = 0;
 
 const epfd = sys.epoll_create1(O_CLOEXEC);
-/**
- * A Buffer for koffi to pass as a pointer, and a typed view of the same memory for this thread to
- * read and write it through: an element store is a plain move, where Buffer's writeUInt32LE and
- * friends check their arguments on every call (a few calls per connection each).
- */
-function words<T extends Uint32Array | Int32Array>(view: T): [Buffer, T] {
-  return [Buffer.from(view.buffer, view.byteOffset, view.byteLength), view];
-}
 // The fields of a struct epoll_event are 32-bit words at every offset (libc.ts), on every architecture.
 const EV_WORDS = EPOLL_EVENT_SIZE >> 2;
 const EV_DATA = EPOLL_DATA_OFFSET >> 2;
